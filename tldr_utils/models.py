@@ -1,0 +1,151 @@
+"""Target classifiers (MLP, CNN, ViT) and the conditioned generator.
+
+Every classifier takes images in [0, 1] of shape N x C x H x W and exposes
+``features(x)`` (the penultimate representation the inversion losses use) and
+``head(features)`` (the logits), so ``net(x) == net.head(net.features(x))``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHS = ("mlp", "cnn", "vit")
+CONDITIONINGS = ("label", "vector", "matrix", "vector_matrix")
+
+
+class Classifier(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(Classifier):
+    """784-512-256-10 with batch norm, LeakyReLU and dropout."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int = 10, hidden=(512, 256), dropout=0.3):
+        super().__init__()
+        layers, width = [nn.Flatten()], in_shape[0] * in_shape[1] * in_shape[2]
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def features(self, x):
+        return self.body(x * 2 - 1)
+
+
+class CNN(Classifier):
+    """The paper's small CNN: conv, batch norm, LeakyReLU, dropout, fully connected."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int = 10, width: int = 32, dropout=0.3):
+        super().__init__()
+        c, h, w = in_shape
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2), nn.MaxPool2d(2)]
+
+        self.body = nn.Sequential(
+            *block(c, width), *block(width, 2 * width), nn.Dropout(dropout / 2),
+            nn.Flatten(), nn.Linear(2 * width * (h // 4) * (w // 4), 128), nn.BatchNorm1d(128),
+            nn.LeakyReLU(0.2), nn.Dropout(dropout))
+        self.head = nn.Linear(128, num_classes)
+
+    def features(self, x):
+        return self.body(x * 2 - 1)
+
+
+class ViT(Classifier):
+    """A small vision transformer: patches of a quarter of the side, 64 wide, 4 heads."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int = 10, dim: int = 64,
+                 depth: int = 2, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        c, h, w = in_shape
+        patch = h // 4
+        self.embed = nn.Conv2d(c, dim, patch, stride=patch)
+        n = (h // patch) * (w // patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True,
+                                           activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def features(self, x):
+        t = self.embed(x * 2 - 1).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1) + self.pos
+        return self.norm(self.encoder(t)[:, 0])
+
+
+def build_classifier(arch: str, in_shape, num_classes: int = 10) -> Classifier:
+    """The classifier called ``arch`` (one of ARCHS) for images of ``in_shape`` (C, H, W)."""
+    models = {"mlp": MLP, "cnn": CNN, "vit": ViT}
+    if arch not in models:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    c, h, w = in_shape
+    if arch != "mlp" and (h % 4 or w % 4):
+        raise ValueError(f"{arch} needs image sides divisible by 4, got {h}x{w}")
+    return models[arch](tuple(in_shape), num_classes)
+
+
+def hot_matrix(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The K x K "hot" matrix of each label: row k and column k set to one."""
+    eye = torch.eye(num_classes, device=labels.device)[labels]  # N x K
+    return ((eye[:, :, None] + eye[:, None, :]) > 0).float()
+
+
+class Generator(nn.Module):
+    """G(z, c): a latent and a condition to an image in [0, 1].
+
+    A linear layer lifts [z, embedded condition] to a 128-channel map at a quarter
+    of the image side; two up-convolutions with batch norm double it twice.
+    ``conditioning`` picks how the class reaches the generator:
+    label (embedded index), vector (embedded soft vector), matrix (the K x K hot
+    matrix, resized to the intermediate map, as an extra channel) or
+    vector_matrix (both). Dropout stays on while sampling: it is part of the
+    generator's noise and gives diversity.
+    """
+
+    def __init__(self, out_shape, num_classes: int = 10, conditioning: str = "vector_matrix",
+                 latent_dim: int = 100, embed_dim: int = 64, width: int = 128, dropout: float = 0.3):
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {', '.join(CONDITIONINGS)}")
+        c, h, w = out_shape
+        if h % 4 or w % 4:
+            raise ValueError(f"the generator needs image sides divisible by 4, got {h}x{w}")
+        self.out_shape, self.num_classes, self.latent_dim = tuple(out_shape), num_classes, latent_dim
+        self.conditioning, self.dropout, self.base = conditioning, dropout, (h // 4, w // 4)
+        self.uses_vector = conditioning != "matrix"
+        self.uses_matrix = conditioning in ("matrix", "vector_matrix")
+        if conditioning == "label":
+            self.embed = nn.Embedding(num_classes, embed_dim)
+        elif self.uses_vector:
+            self.embed = nn.Linear(num_classes, embed_dim)
+        in_dim = latent_dim + (embed_dim if self.uses_vector else 0)
+        self.lift = nn.Sequential(nn.Linear(in_dim, width * self.base[0] * self.base[1]),
+                                  nn.BatchNorm1d(width * self.base[0] * self.base[1]), nn.ReLU())
+        self.up1 = nn.Sequential(nn.ConvTranspose2d(width + self.uses_matrix, width // 2, 4, 2, 1),
+                                 nn.BatchNorm2d(width // 2), nn.ReLU())
+        self.up2 = nn.Sequential(nn.ConvTranspose2d(width // 2, width // 4, 4, 2, 1),
+                                 nn.BatchNorm2d(width // 4), nn.ReLU())
+        self.out = nn.Conv2d(width // 4, c, 3, padding=1)
+        self.width = width
+
+    def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """``condition``: class indices (N,) for label conditioning, else a
+        distribution over classes (N x K) whose argmax is the class."""
+        labels = condition if self.conditioning == "label" else condition.argmax(1)
+        x = z
+        if self.uses_vector:
+            x = torch.cat([z, self.embed(condition)], 1)
+        x = self.lift(x).view(len(z), self.width, *self.base)
+        if self.uses_matrix:
+            m = F.interpolate(hot_matrix(labels, self.num_classes)[:, None], size=self.base, mode="nearest")
+            x = torch.cat([x, m], 1)
+        x = F.dropout(self.up1(x), self.dropout, training=True)
+        x = F.dropout(self.up2(x), self.dropout, training=True)
+        return torch.sigmoid(self.out(x))

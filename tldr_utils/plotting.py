@@ -1,0 +1,116 @@
+"""Figure style, image grids, the two schematics, and saving figures with captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+import torch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from .store import atomic_path
+
+
+def set_style() -> None:
+    sns.set_theme(context="paper", style="white", font_scale=1.1)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "image.cmap": "gray"})
+
+
+def _show(ax, img: torch.Tensor):
+    img = img.detach().cpu().clamp(0, 1)
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(img.permute(1, 2, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def class_grid(images: torch.Tensor, labels: torch.Tensor, classes, rows: int = 4, axes=None, title=None):
+    """``rows`` images of every class, one column per class, class names on top."""
+    K = len(classes)
+    if axes is None:
+        fig, axes = plt.subplots(rows, K, figsize=(K * 0.9, rows * 0.9 + 0.4), squeeze=False)
+    for k in range(K):
+        pick = (labels == k).nonzero().flatten()[:rows]
+        if len(pick) < rows:
+            raise ValueError(f"class {classes[k]!r} has {len(pick)} images, the grid needs {rows}")
+        for r, i in enumerate(pick):
+            _show(axes[r][k], images[i])
+        axes[0][k].set_title(str(classes[k]), fontsize=8)
+    if title:
+        axes[0][0].annotate(title, (0, 1.6), xycoords="axes fraction", fontsize=10, fontweight="bold")
+    return axes
+
+
+def grid_blocks(blocks: dict[str, tuple], rows: int = 3):
+    """One row block of ``class_grid`` per entry ``name -> (images, labels, classes)``."""
+    n = len(blocks)
+    K = max(len(c) for _, _, c in blocks.values())
+    fig, axes = plt.subplots(n * rows, K, figsize=(K * 0.85, n * (rows * 0.85 + 0.55)), squeeze=False,
+                             gridspec_kw={"hspace": 0.08, "wspace": 0.05})
+    for b, (name, (images, labels, classes)) in enumerate(blocks.items()):
+        class_grid(images, labels, classes, rows, axes=axes[b * rows:(b + 1) * rows], title=name)
+    return fig
+
+
+def save_figure(fig, stem: str | Path, caption: str) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf``, and its caption as ``stem.txt``."""
+    stem = Path(stem)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = stem.with_suffix(f".{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext)
+        paths.append(path)
+    with atomic_path(stem.with_suffix(".txt")) as tmp:
+        tmp.write_text(caption.strip() + "\n")
+    return paths + [stem.with_suffix(".txt")]
+
+
+# ----------------------------------------------------------------- schematics
+def _box(ax, xy, text, color, w=1.7, h=0.8):
+    x, y = xy
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.25"))
+    ax.text(x, y, text, ha="center", va="center", fontsize=8.5, wrap=True)
+
+
+def _arrow(ax, a, b, text=None, style="-|>"):
+    ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, color="0.25", lw=1.2))
+    if text:
+        ax.text((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.18, text, ha="center", fontsize=7.5, color="0.2")
+
+
+def schematic(kind: str):
+    """Figure 1 ("inversion") or Figure 2 ("tldr"): the procedure as a block diagram."""
+    if kind not in ("inversion", "tldr"):
+        raise ValueError(f"unknown schematic {kind!r}; choose 'inversion' or 'tldr'")
+    fig, ax = plt.subplots(figsize=(9.5, 3.4 if kind == "inversion" else 4.4))
+    ax.set_xlim(0, 11)
+    ax.set_ylim(-1.6 if kind == "tldr" else -0.4, 3.2)
+    ax.axis("off")
+    blue, green, grey, orange = "#cfe2f3", "#d9ead3", "#eeeeee", "#fce5cd"
+    _box(ax, (1, 2.4), "latent z ~ N(0, I)", grey)
+    _box(ax, (1, 1.0), "condition c:\nsoft vector P\n+ hot matrix" if kind == "inversion"
+         else "condition c:\nhot vector (one-hot)\n+ hot matrix", grey, h=1.0)
+    _box(ax, (3.6, 1.7), "generator G(z, c)\nup-convolutions\nbatch norm, dropout on", blue, w=2.0, h=1.2)
+    _box(ax, (6.1, 1.7), "image x", grey, w=1.2)
+    _box(ax, (8.4, 1.7), "frozen classifier f\n(features, softmax Q)", green, w=2.0, h=1.0)
+    _arrow(ax, (1.85, 2.4), (2.6, 1.95))
+    _arrow(ax, (1.85, 1.0), (2.6, 1.45))
+    _arrow(ax, (4.6, 1.7), (5.5, 1.7))
+    _arrow(ax, (6.7, 1.7), (7.4, 1.7))
+    loss = ("a KL(P||Q) + b CE(Q, y)\n+ c cosine(features) + d orthogonality" if kind == "inversion" else
+            "a KL + b CE on x,  a' KL + b' CE on perturbed x\n+ c cosine + d orthogonality\n"
+            "+ n1 TV(x) + n2 pixel prior + n3 ||grad_theta CE||")
+    _box(ax, (8.4, 0.0 if kind == "inversion" else -0.6), loss, orange, w=3.9, h=0.75 if kind == "inversion" else 1.3)
+    _arrow(ax, (8.4, 1.2), (8.4, 0.4 if kind == "inversion" else 0.1))
+    _arrow(ax, (6.45, 0.0 if kind == "inversion" else -0.6), (3.6, 1.1), "update G only")
+    if kind == "tldr":
+        _box(ax, (6.1, 3.0), "perturbed x + eps sign(noise)", grey, w=2.6, h=0.5)
+        _arrow(ax, (6.1, 2.0), (6.1, 2.75))
+        _arrow(ax, (7.4, 3.0), (8.4, 2.2))
+    ax.set_title("Figure 1: network inversion" if kind == "inversion"
+                 else "Figure 2: training-like data reconstruction (TLDR)", fontsize=11, loc="left")
+    return fig

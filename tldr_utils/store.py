@@ -1,0 +1,139 @@
+"""Artifacts on disk: atomic writes, safe checkpoints, the tidy metrics table, provenance.
+
+Everything is written to a temporary file beside its destination and renamed
+into place, so a run killed at any moment leaves either the old file or the
+new one, never half of one. Checkpoints are safetensors: loading them runs no code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ROOT
+
+METRIC_KEYS = ["dataset", "arch", "method", "train_size", "seed", "metric"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path; on success it replaces ``path``, on failure it vanishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_json(path, default=None):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def config_hash(config: dict) -> str:
+    """A short, stable name for a configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def save_model(path, model: torch.nn.Module, meta: dict) -> None:
+    """The model's weights and a JSON-able ``meta`` dict, in one safetensors file."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"meta": json.dumps(meta, default=str)})
+
+
+def load_model(path, model: torch.nn.Module) -> dict:
+    """Load weights saved by ``save_model`` into ``model``; return their meta."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        state = load_file(str(path))
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it and re-run to rebuild it") from err
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise ValueError(f"checkpoint {path} does not fit a {type(model).__name__}: {first}. "
+                         "It was made by another configuration; delete it to rebuild.") from err
+    return meta
+
+
+def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"meta": json.dumps(meta or {}, default=str)})
+
+
+def load_tensors(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
+    """Upsert tidy rows (``METRIC_KEYS`` + ``value``) into the CSV at ``path``.
+
+    A row replaces an earlier one with the same keys, so re-running a notebook
+    updates its numbers instead of duplicating them.
+    """
+    new = pd.DataFrame(rows)
+    missing = [k for k in METRIC_KEYS + ["value"] if k not in new.columns]
+    if missing:
+        raise ValueError(f"metric rows lack column(s) {missing}; each needs {METRIC_KEYS + ['value']}")
+    new["train_size"] = new["train_size"].astype(str)
+    path = Path(path)
+    old = pd.read_csv(path, dtype={"train_size": str}) if path.exists() else new.iloc[:0]
+    table = pd.concat([old, new], ignore_index=True).drop_duplicates(METRIC_KEYS, keep="last")
+    table = table.sort_values(METRIC_KEYS, kind="stable").reset_index(drop=True)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "threads": torch.get_num_threads()}
+
+
+def record_provenance(run_dir, step: str, settings: dict, data: list[dict] | None = None,
+                      seconds: float | None = None) -> None:
+    """Add what produced ``step`` (parameters, commit, data, machine, time) to provenance.json."""
+    path = Path(run_dir) / "provenance.json"
+    record = read_json(path, {})
+    record[step] = {"settings": dict(settings), "git_commit": git_commit(), "data": data or [],
+                    "environment": environment(), "seconds": seconds}
+    write_json(path, record)

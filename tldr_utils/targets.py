@@ -1,0 +1,111 @@
+"""Target classifiers: trained once per configuration, cached in ``runs/<profile>/targets``.
+
+A target is named by (dataset, architecture, training-set size, seed) and the
+profile's ``train_targets`` settings; its checkpoint's file name carries a hash
+of all of them, so changing any setting trains a new one instead of reusing a
+stale file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import config, data, store
+from .models import ARCHS, build_classifier
+
+
+def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, lr: float,
+                     seed: int, device="cpu", desc: str = "train") -> list[float]:
+    """Adam with cosine decay for ``steps`` minibatches of shuffled ``images`` in [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
+    losses, order, pos = [], torch.randperm(len(images), generator=gen), 0
+    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
+    for step in bar:
+        if pos + batch_size > len(order):
+            order, pos = torch.randperm(len(images), generator=gen), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        loss = F.cross_entropy(net(images[idx].to(device)), labels[idx].to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return losses
+
+
+@torch.no_grad()
+def predict(net, images: torch.Tensor, device="cpu", batch_size: int = 1000) -> torch.Tensor:
+    """Logits of ``net`` (in eval mode) on ``images``, batched."""
+    net.to(device).eval()
+    return torch.cat([net(images[i:i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+
+
+def accuracy(net, images, labels, device="cpu") -> float:
+    return (predict(net, images, device).argmax(1) == labels).float().mean().item()
+
+
+def training_indices(train: data.ImageSet, train_size: int | None, seed: int) -> torch.Tensor:
+    """Which training images a target of this size and seed was trained on."""
+    return data.stratified_subset(train.labels, train_size, seed)
+
+
+def get_target(profile: str, dataset: str, arch: str, train_size: int | None = None, seed: int = 0,
+               trained: bool = True):
+    """The target classifier for these choices, trained now if not cached.
+
+    Returns ``(net, meta)``; ``meta`` holds the settings, training-set size,
+    train and test accuracy, data provenance and training time.
+    ``trained=False`` gives the untrained control: same architecture, random weights.
+    """
+    cfg = config.settings(profile, "train_targets")
+    train = data.load_dataset(dataset, "train")
+    test = data.load_dataset(dataset, "test")
+    idx = training_indices(train, train_size, seed)
+    steps = cfg.steps if trained else 0
+    spec = {"dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed, "steps": steps,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "data_sha256": train.provenance()["sha256"]}
+    size_name = "all" if train_size is None else train_size
+    path = config.run_dir(profile) / "targets" / f"{dataset}_{arch}_n{size_name}_s{seed}_{store.config_hash(spec)}.safetensors"
+    torch.manual_seed(seed)
+    net = build_classifier(arch, tuple(train.images.shape[1:]), len(train.classes))
+    if path.exists():
+        return net.eval(), store.load_model(path, net)
+    device = config.device(cfg)
+    x, y = train.float()[idx], train.labels[idx]
+    start = time.time()
+    desc = f"{dataset}/{arch}/n={len(idx)}/seed={seed}"
+    train_classifier(net, x, y, steps, cfg.batch_size, cfg.lr, seed, device, desc)
+    eval_n = min(len(x), 10000)
+    meta = {**spec, "n_train": len(idx), "seconds": round(time.time() - start, 1),
+            "train_accuracy": accuracy(net, x[:eval_n], y[:eval_n], device),
+            "test_accuracy": accuracy(net, test.float(), test.labels, device),
+            "data": train.provenance()}
+    store.save_model(path, net.cpu(), meta)
+    print(f"{desc}: train acc {meta['train_accuracy']:.3f}, test acc {meta['test_accuracy']:.3f} "
+          f"in {meta['seconds']:.0f}s -> {path.name}")
+    return net.eval(), meta
+
+
+def get_evaluator_arch(profile: str, target_arch: str) -> str:
+    """The evaluation classifier's architecture: the profile's ``eval_arch``, unless that is the target's."""
+    eval_arch = config.settings(profile, "train_targets").eval_arch
+    return eval_arch if eval_arch != target_arch else next(a for a in ARCHS if a != target_arch)
+
+
+def get_evaluator(profile: str, dataset: str, target_arch: str):
+    """An independent judge of reconstructions: another architecture, another seed, all the data."""
+    cfg = config.settings(profile, "train_targets")
+    return get_target(profile, dataset, get_evaluator_arch(profile, target_arch), None, cfg.eval_seed)
