@@ -142,10 +142,10 @@ class Generator(nn.Module):
         x = z
         if self.uses_vector:
             x = torch.cat([z, self.embed(condition)], 1)
-        x = self.lift(x).view(len(z), self.width, *self.base)
+        x = F.dropout(self.lift(x), self.dropout, training=True).view(len(z), self.width, *self.base)
         if self.uses_matrix:
             m = F.interpolate(hot_matrix(labels, self.num_classes)[:, None], size=self.base, mode="nearest")
             x = torch.cat([x, m], 1)
+        # dropout at the coarse resolutions only: at full resolution it would be pixel noise
         x = F.dropout(self.up1(x), self.dropout, training=True)
-        x = F.dropout(self.up2(x), self.dropout, training=True)
-        return torch.sigmoid(self.out(x))
+        return torch.sigmoid(self.out(self.up2(x)))
