@@ -46,6 +46,17 @@ def test_each_term_alone_is_lowered_by_its_own_gradient(term, net):
     assert after < 0.8 * before, f"{term}: {before:.4g} -> {after:.4g}"
 
 
+def test_bn_term_pulls_batch_statistics_toward_the_stored_ones():
+    torch.manual_seed(0)
+    net = build_classifier("cnn", (1, 16, 16))
+    net.train()
+    with torch.no_grad():  # store the statistics of dark, smooth images in the batch-norm layers
+        for _ in range(20):
+            net(0.2 * torch.rand(64, 1, 1, 1).expand(64, 1, 16, 16))
+    before, after, _, _ = _optimise("bn", net.eval(), steps=60)
+    assert after < 0.5 * before, f"bn: {before:.4g} -> {after:.4g}"
+
+
 def test_tv_term_lowers_total_variation_of_the_images(net):
     _, _, x, _ = _optimise("tv", net)
     torch.manual_seed(1)

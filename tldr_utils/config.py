@@ -2,7 +2,7 @@
 
 A profile is a JSON file in ``profiles/``. It has a ``common`` section and one
 section per notebook; ``"extends": "cpu"`` starts from another profile and
-overrides what it names. ``settings(profile, section, overrides)`` flattens
+replaces the settings it names (each whole: a dict setting is not merged). ``settings(profile, section, overrides)`` flattens
 ``common`` and the section into one dict and rejects unknown keys.
 """
 
@@ -38,10 +38,10 @@ def profiles() -> list[str]:
 
 
 def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
+    """Sections merge; a setting named in ``extra`` replaces the base's value whole."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
     for key, value in extra.items():
-        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both_dicts else value
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

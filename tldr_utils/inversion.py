@@ -6,6 +6,13 @@ skips its cost). Plain inversion (REFERENCE 1.2) uses ``kl, ce, cos, ortho``;
 training-like reconstruction (TLDR, 1.3) adds ``kl_pert, ce_pert`` (robustness
 to perturbation), ``tv`` (smoothness), ``pixel`` (an L2 pixel prior) and
 ``grad_norm`` (small weight gradients, through a double backward).
+
+One term is ours, not the paper's: ``bn`` matches the batch statistics of the
+classifier's batch-norm inputs to the running statistics stored in its weights
+(the feature prior of DeepInversion). Without it (or another prior) the
+generator finds adversarial patterns that only the target recognises; a zero
+weight recovers the paper's loss exactly. ``shift`` rolls the images by up to
+that many pixels before the classifier sees them, for the same reason.
 """
 
 from __future__ import annotations
@@ -246,7 +253,7 @@ def get_generator(profile: str, method: str, dataset: str, *, arch=None, train_s
     shape = data.load_dataset(dataset, "train").images.shape[1:]
     spec = {"method": method, "dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed,
             "trained_target": trained_target, "weights": w, "target": store.config_hash(target_meta),
-            **{k: cfg[k] for k in ("conditioning", "hot", "steps", "batch_size", "lr", "epsilon") if k in cfg}}
+            **{k: cfg[k] for k in ("conditioning", "hot", "steps", "batch_size", "lr", "epsilon", "shift") if k in cfg}}
     size_name = "all" if train_size is None else train_size
     name = f"{method}_{dataset}_{arch}_n{size_name}_s{seed}_{store.config_hash(spec)}"
     path = config.run_dir(profile) / "generators" / f"{name}.safetensors"
@@ -256,7 +263,7 @@ def get_generator(profile: str, method: str, dataset: str, *, arch=None, train_s
     start = time.time()
     G, history = train_generator(net, tuple(shape), 10, w, conditioning=spec["conditioning"],
                                  hot=spec.get("hot", False), steps=spec["steps"], batch_size=spec["batch_size"],
-                                 lr=spec["lr"], epsilon=spec.get("epsilon", 0.1), seed=seed,
+                                 lr=spec["lr"], epsilon=spec.get("epsilon", 0.1), shift=spec["shift"], seed=seed,
                                  device=config.device(cfg), desc=name)
     meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
             "target_test_accuracy": target_meta.get("test_accuracy")}
