@@ -38,6 +38,8 @@ figures: data  ## run notebooks 01-05 through papermill into runs/$(PROFILE)/, c
 	done; \
 	cp runs/$(PROFILE)/figures/* figures/; \
 	cp runs/$(PROFILE)/metrics.csv figures/metrics.csv; \
+	echo $$(( $$(date +%s) - start )) > runs/$(PROFILE)/figures_seconds.txt; \
+	$(PY) -m tldr_utils.report --profile $(PROFILE); \
 	echo "figures: $$(ls runs/$(PROFILE)/figures | wc -l) files in figures/ after $$(( $$(date +%s) - start ))s"
 
 test: data  ## unit tests, then every notebook under nbval at the smoke profile

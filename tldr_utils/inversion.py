@@ -229,41 +229,36 @@ def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, devic
 
 
 # ----------------------------------------------------------------- cached runs
-def get_generator(profile: str, method: str, dataset: str, *, arch=None, train_size="profile", seed=None,
-                  weights=None, trained_target=True):
+def get_generator(profile: str, method: str, dataset: str, overrides: dict | None = None,
+                  trained_target: bool = True):
     """The generator of ``method`` ("inversion" or "tldr") for a target, trained now if not cached.
 
-    Settings come from the profile's section for the method; arguments given
-    here override them (``weights`` updates single terms, e.g. ``{"tv": 0}``).
+    Settings come from the profile's section for the method; ``overrides``
+    changes some of them (checked like a notebook's), e.g.
+    ``{"train_size": 10000, "seed": 1}`` or ``{"weights": {"tv": 0}}``.
+    ``trained_target=False`` inverts the untrained control target instead.
     Returns ``(G, meta)``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    cfg = config.settings(profile, METHODS[method])
-    arch = arch or cfg.arch
-    train_size = cfg.train_size if train_size == "profile" else train_size
-    seed = cfg.seed if seed is None else seed
-    w = dict(cfg.weights)
-    if weights:
-        bad = sorted(set(weights) - set(w))
-        if bad:
-            raise ValueError(f"unknown loss weight(s) {bad} for {method}; valid: {', '.join(w)}")
-        w.update(weights)
-    net, target_meta = targets.get_target(profile, dataset, arch, train_size, seed, trained=trained_target)
+    cfg = config.settings(profile, METHODS[method], overrides)
+    net, target_meta = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed,
+                                          trained=trained_target)
     shape = data.load_dataset(dataset, "train").images.shape[1:]
-    spec = {"method": method, "dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed,
-            "trained_target": trained_target, "weights": w, "target": store.config_hash(target_meta),
-            **{k: cfg[k] for k in ("conditioning", "hot", "steps", "batch_size", "lr", "epsilon", "shift") if k in cfg}}
-    size_name = "all" if train_size is None else train_size
-    name = f"{method}_{dataset}_{arch}_n{size_name}_s{seed}_{store.config_hash(spec)}"
+    spec = {"method": method, "dataset": dataset, "trained_target": trained_target,
+            "target": store.config_hash(target_meta),
+            **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "steps",
+                                   "batch_size", "lr", "epsilon", "shift") if k in cfg}}
+    size_name = "all" if cfg.train_size is None else cfg.train_size
+    name = f"{method}_{dataset}_{cfg.arch}_n{size_name}_s{cfg.seed}_{store.config_hash(spec)}"
     path = config.run_dir(profile) / "generators" / f"{name}.safetensors"
-    G = Generator(tuple(shape), 10, spec["conditioning"])
+    G = Generator(tuple(shape), 10, cfg.conditioning)
     if path.exists():
         return G, store.load_model(path, G)
     start = time.time()
-    G, history = train_generator(net, tuple(shape), 10, w, conditioning=spec["conditioning"],
-                                 hot=spec.get("hot", False), steps=spec["steps"], batch_size=spec["batch_size"],
-                                 lr=spec["lr"], epsilon=spec.get("epsilon", 0.1), shift=spec["shift"], seed=seed,
+    G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
+                                 steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                 epsilon=cfg.get("epsilon", 0.1), shift=cfg.shift, seed=cfg.seed,
                                  device=config.device(cfg), desc=name)
     meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
             "target_test_accuracy": target_meta.get("test_accuracy")}
@@ -271,27 +266,29 @@ def get_generator(profile: str, method: str, dataset: str, *, arch=None, train_s
     return G, meta
 
 
-def run(profile: str, method: str, dataset: str, **kwargs) -> dict:
-    """Train (or load) the generator, draw samples, score them, save them.
+def run(profile: str, method: str, dataset: str, overrides: dict | None = None, trained_target: bool = True,
+        save: bool = True) -> dict:
+    """Train (or load) the generator, draw samples, score them, and save them.
 
     The samples' class is judged twice: by the target itself and by an
     independently trained evaluation classifier (another architecture, another
     seed), so images that only fool the target do not count. Returns the
-    samples, their labels, the generator's meta and tidy metric rows.
+    samples, their labels and class names, the generator's meta and tidy metric
+    rows. ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
+    (the ones the figures show).
     """
-    cfg = config.settings(profile, METHODS[method])
-    G, meta = get_generator(profile, method, dataset, **kwargs)
-    images, labels = sample(G, cfg.samples_per_class, hot=cfg.hot, seed=meta["seed"])
-    net, _ = targets.get_target(profile, dataset, meta["arch"], meta["train_size"], meta["seed"],
-                                trained=meta["trained_target"])
-    judge, judge_meta = targets.get_evaluator(profile, dataset, meta["arch"])
+    cfg = config.settings(profile, METHODS[method], overrides)
+    G, meta = get_generator(profile, method, dataset, overrides, trained_target)
+    images, labels = sample(G, cfg.samples_per_class, hot=cfg.hot, seed=cfg.seed)
+    net, _ = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
+    judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
               "evaluator_accuracy": targets.accuracy(judge, images, labels)}
-    key = {"dataset": dataset, "arch": meta["arch"], "method": method,
-           "train_size": "all" if meta["train_size"] is None else meta["train_size"], "seed": meta["seed"]}
+    key = {"dataset": dataset, "arch": cfg.arch, "method": method,
+           "train_size": "all" if cfg.train_size is None else cfg.train_size, "seed": cfg.seed}
     rows = [{**key, "metric": k, "value": v, "evaluator": judge_meta["arch"]} for k, v in scores.items()]
-    path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
-    if not kwargs:  # the profile's own configuration: the one the figures show
+    if save:
+        path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
     return {"images": images, "labels": labels, "classes": data.load_dataset(dataset, "train").classes,
             "meta": meta, "rows": rows, "scores": scores}

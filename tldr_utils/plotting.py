@@ -17,7 +17,7 @@ def set_style() -> None:
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "image.cmap": "gray"})
 
 
-def _show(ax, img: torch.Tensor):
+def show_image(ax, img: torch.Tensor):
     img = img.detach().cpu().clamp(0, 1)
     if img.shape[0] == 1:
         ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -37,7 +37,7 @@ def class_grid(images: torch.Tensor, labels: torch.Tensor, classes, rows: int = 
         if len(pick) < rows:
             raise ValueError(f"class {classes[k]!r} has {len(pick)} images, the grid needs {rows}")
         for r, i in enumerate(pick):
-            _show(axes[r][k], images[i])
+            show_image(axes[r][k], images[i])
         axes[0][k].set_title(str(classes[k]), fontsize=8)
     if title:
         axes[0][0].annotate(title, (0, 1.6), xycoords="axes fraction", fontsize=10, fontweight="bold")

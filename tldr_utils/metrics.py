@@ -1,0 +1,152 @@
+"""Leakage and utility: do reconstructions resemble the *training* images more than
+equally typical images the classifier never saw?
+
+Every similarity to the training set is compared with the same similarity to a
+held-out set of the same size per class (REFERENCE section 4): a raw score says
+how class-typical reconstructions are, only the difference says they leak.
+Images are float tensors N x C x H x W in [0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from . import targets
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).double()
+
+
+def pairwise_l2(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Euclidean distances between every image of ``a`` and every image of ``b`` (len(a) x len(b))."""
+    fb = _flat(b)
+    return torch.cat([torch.cdist(_flat(a[i:i + chunk]), fb) for i in range(0, len(a), chunk)]).float()
+
+
+def ssim_pairs(x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """SSIM of each pair (x[i], y[i]) with torchmetrics (data range 1, 7x7 Gaussian window for small images)."""
+    kernel = 7 if min(x.shape[-2:]) < 32 else 11
+    out = [structural_similarity_index_measure(x[i:i + chunk], y[i:i + chunk], data_range=1.0, reduction="none",
+                                               kernel_size=kernel, sigma=1.5 * kernel / 11)
+           for i in range(0, len(x), chunk)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def nearest(query: torch.Tensor, query_labels, ref: torch.Tensor, ref_labels, candidates: int = 32) -> dict:
+    """For each query image, its nearest same-class reference by L2, PSNR and SSIM.
+
+    L2 and PSNR are exact. SSIM is maximised over the ``candidates`` nearest
+    references in L2 (all of them when a class has no more), which keeps
+    thousands-by-thousands comparisons to a few batched calls.
+    """
+    n = len(query)
+    l2 = torch.full((n,), float("inf"))
+    index = torch.zeros(n, dtype=torch.long)
+    best_ssim = torch.full((n,), -1.0)
+    for k in query_labels.unique():
+        q_idx = (query_labels == k).nonzero().flatten()
+        r_idx = (ref_labels == k).nonzero().flatten()
+        if len(r_idx) == 0:
+            raise ValueError(f"class {int(k)} has reconstructions but no reference images to compare with")
+        d = pairwise_l2(query[q_idx], ref[r_idx])
+        m = min(candidates, len(r_idx))
+        top = d.topk(m, dim=1, largest=False).indices  # |q| x m, nearest first
+        l2[q_idx] = d.gather(1, top[:, :1]).flatten()
+        index[q_idx] = r_idx[top[:, 0]]
+        s = ssim_pairs(query[q_idx].repeat_interleave(m, 0), ref[r_idx[top.flatten()]]).view(len(q_idx), m)
+        best_ssim[q_idx] = s.max(1).values
+    psnr = peak_signal_noise_ratio(query, ref[index], data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return {"l2": l2, "psnr": psnr, "ssim": best_ssim, "index": index}
+
+
+def equal_per_class(labels: torch.Tensor, like: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Indices into ``labels`` with as many images of each class as ``like`` has."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for k in like.unique():
+        pool = (labels == k).nonzero().flatten()
+        want = int((like == k).sum())
+        if len(pool) < want:
+            raise ValueError(f"class {int(k)}: {len(pool)} images, but the held-out set has {want} to match")
+        picks.append(pool[torch.randperm(len(pool), generator=gen)[:want]])
+    return torch.cat(picks).sort().values
+
+
+def mann_whitney_z(a: np.ndarray, b: np.ndarray) -> float:
+    """Z of the Mann-Whitney U test of ``a`` against ``b``: negative when ``a`` tends to be smaller."""
+    u = stats.mannwhitneyu(a, b, alternative="two-sided").statistic
+    n1, n2 = len(a), len(b)
+    return float((u - n1 * n2 / 2) / np.sqrt(n1 * n2 * (n1 + n2 + 1) / 12))
+
+
+def within_class_ssim(images: torch.Tensor, labels: torch.Tensor, per_class: int = 32, seed: int = 0) -> float:
+    """Mean SSIM between distinct images of the same class (lower is more diverse)."""
+    gen = torch.Generator().manual_seed(seed)
+    values = []
+    for k in labels.unique():
+        idx = (labels == k).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)[:per_class]]
+        i, j = torch.triu_indices(len(idx), len(idx), 1)
+        if len(i):
+            values.append(ssim_pairs(images[idx[i]], images[idx[j]]))
+    return torch.cat(values).mean().item() if values else float("nan")
+
+
+def leakage_report(recon, recon_labels, train, train_labels, heldout, heldout_labels, evaluator=None,
+                   margin: float = 0.9, seed: int = 0) -> dict:
+    """How much closer reconstructions sit to the training set than to equally typical held-out data.
+
+    ``train`` is the target's training set; a subset with as many images per
+    class as ``heldout`` is the reference, so both nearest-neighbour searches
+    look through sets of the same size. Returns a flat dict of numbers:
+    ``nn_{ssim,psnr,l2}_{train,heldout}`` and their ``_gap`` (train minus held-out);
+    ``copying_z`` (Mann-Whitney Z of reconstruction-to-train against
+    held-out-to-train distances; negative when reconstructions sit closer);
+    ``membership_auc`` (training vs held-out images scored by closeness to the
+    nearest reconstruction; 0.5 is no leakage); ``identifiability`` (share of
+    reconstructions whose nearest image in train plus held-out is a training
+    image closer than ``margin`` times the nearest held-out one);
+    ``within_class_ssim``; ``evaluator_accuracy`` if an ``evaluator`` is given.
+    """
+    for name, x in (("recon", recon), ("train", train), ("heldout", heldout)):
+        if x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or x.min() < 0 or x.max() > 1:
+            raise ValueError(f"{name} must be float images N x C x H x W in [0, 1], got {tuple(x.shape)} "
+                             f"{x.dtype} in [{x.min().item():.3g}, {x.max().item():.3g}]")
+    recon, train, heldout = recon.float(), train.float(), heldout.float()
+    ref = equal_per_class(train_labels, heldout_labels, seed)
+    train_ref, train_ref_labels = train[ref], train_labels[ref]
+    to_train = nearest(recon, recon_labels, train_ref, train_ref_labels)
+    to_heldout = nearest(recon, recon_labels, heldout, heldout_labels)
+    report = {}
+    for m in ("ssim", "psnr", "l2"):
+        a, b = to_train[m].mean().item(), to_heldout[m].mean().item()
+        report |= {f"nn_{m}_train": a, f"nn_{m}_heldout": b, f"nn_{m}_gap": a - b}
+    # data-copying test: distances to the training reference, reconstructions vs held-out images
+    heldout_to_train = nearest(heldout, heldout_labels, train_ref, train_ref_labels, candidates=1)["l2"]
+    report["copying_z"] = mann_whitney_z(to_train["l2"].numpy(), heldout_to_train.numpy())
+    # membership: is a real image close to some reconstruction of its class?
+    score_train = -nearest(train_ref, train_ref_labels, recon, recon_labels, candidates=1)["l2"]
+    score_heldout = -nearest(heldout, heldout_labels, recon, recon_labels, candidates=1)["l2"]
+    truth = np.r_[np.ones(len(score_train)), np.zeros(len(score_heldout))]
+    report["membership_auc"] = float(roc_auc_score(truth, torch.cat([score_train, score_heldout]).numpy()))
+    report["identifiability"] = (to_train["l2"] < margin * to_heldout["l2"]).float().mean().item()
+    report["within_class_ssim"] = within_class_ssim(recon, recon_labels, seed=seed)
+    if evaluator is not None:
+        report["evaluator_accuracy"] = targets.accuracy(evaluator, recon, recon_labels)
+    return report
+
+
+def synthetic_utility(images, labels, test_images, test_labels, arch: str = "cnn", steps: int = 500,
+                      batch_size: int = 128, lr: float = 2e-3, seed: int = 0, device="cpu") -> float:
+    """Train a fresh classifier only on ``images`` and return its accuracy on the real test set."""
+    from .models import build_classifier
+
+    torch.manual_seed(seed)
+    net = build_classifier(arch, tuple(images.shape[1:]), int(test_labels.max()) + 1)
+    targets.train_classifier(net, images, labels, steps, batch_size, lr, seed, device, desc="utility")
+    return targets.accuracy(net, test_images, test_labels, device)

@@ -1,0 +1,102 @@
+"""The README's results tables, generated from a run's ``metrics.csv``.
+
+``python -m tldr_utils.report --profile cpu`` rewrites the part of README.md
+between the ``results`` markers; nothing in those tables is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from . import config
+from .store import atomic_path
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "membership_auc", "identifiability",
+           "evaluator_accuracy"]
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _mean_ci(values: pd.Series) -> str:
+    n = len(values)
+    if n < 2:
+        return f"{values.mean():.3f}"
+    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
+    return f"{values.mean():.3f} ± {half:.3f}"
+
+
+def tables(metrics: pd.DataFrame, profile: str) -> str:
+    m = metrics.copy()
+    parts = [f"Profile `{profile}`; every number below comes from `runs/{profile}/metrics.csv` "
+             f"(a copy is `figures/metrics.csv`)."]
+    seconds = config.run_dir(profile) / "figures_seconds.txt"
+    if seconds.exists():
+        parts[0] += f" The notebooks of that `make figures` ran for {int(seconds.read_text()) / 60:.0f} minutes."
+    acc = m[(m.method == "target") & (m.metric == "test_accuracy")]
+    if len(acc):
+        t = acc.pivot_table(index=["dataset", "arch", "seed"], columns="train_size", values="value").reset_index()
+        t.columns = [str(c) if c in ("dataset", "arch", "seed") else f"n={c}" for c in t.columns]
+        parts += ["**Target classifiers**: test accuracy by training-set size.",
+                  _markdown(t.round(3).astype(object).where(t.notna(), "-"))]
+    shown = m[m.method.isin(["inversion", "tldr"]) & m.metric.isin(["target_accuracy", "evaluator_accuracy"])]
+    if len(shown):
+        t = shown.pivot_table(index=["dataset", "method", "arch", "train_size"], columns="metric",
+                              values="value").reset_index()
+        parts += ["**Figures 3-4**: share of samples assigned to their conditioned class by the target and by "
+                  "the independent evaluation classifier.", _markdown(t.round(3))]
+    leak = m[m.metric.isin(LEAKAGE) & ~m.method.str.startswith("tldr_without") & (m.method != "target")]
+    leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
+                                                         ["seed"].transform("nunique") > 1)]
+    if len(leak):
+        t = leak.groupby(["dataset", "method", "train_size", "metric"])["value"].apply(_mean_ci).unstack()
+        t = t[[c for c in LEAKAGE if c in t.columns]].reset_index()
+        parts += ["**Leakage** (mean ± 95% t-interval over seeds): gap = train minus held-out; "
+                  "copying Z < 0 and membership AUC > 0.5 would mean leakage.", _markdown(t)]
+    abl = m[(m.method == "tldr") | m.method.str.startswith("tldr_without")]
+    abl = abl[abl.metric.isin(["nn_ssim_gap", "membership_auc", "copying_z", "evaluator_accuracy"])]
+    sizes = m[m.method.str.startswith("tldr_without")][["train_size", "seed"]].drop_duplicates()
+    if len(sizes):
+        abl = abl.merge(sizes, on=["train_size", "seed"])
+        t = abl.pivot_table(index="method", columns="metric", values="value").reset_index()
+        parts += ["**Drop-one ablation** of the TLDR terms (one target, one seed).", _markdown(t.round(3))]
+    util = m[m.metric == "synthetic_utility"]
+    if len(util):
+        parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
+                  _markdown(util[["dataset", "method", "train_size", "value"]].round(3))]
+    return "\n\n".join(parts)
+
+
+def update_readme(profile: str, readme: Path = config.ROOT / "README.md") -> None:
+    path = config.run_dir(profile) / "metrics.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make figures PROFILE={profile}` first")
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} lacks the markers {START} and {END} around the results")
+    body = tables(pd.read_csv(path, dtype={"train_size": str}), profile)
+    head, rest = text.split(START, 1)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(head + START + "\n" + body + "\n" + END + rest.split(END, 1)[1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default=config.DEFAULT_PROFILE, choices=config.profiles())
+    args = parser.parse_args(argv)
+    update_readme(args.profile)
+    print(f"README.md results updated from runs/{args.profile}/metrics.csv")
+
+
+if __name__ == "__main__":
+    main()
