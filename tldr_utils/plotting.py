@@ -73,7 +73,7 @@ def save_figure(fig, stem: str | Path, caption: str) -> list[Path]:
 def _box(ax, xy, text, color, w=1.7, h=0.8):
     x, y = xy
     ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.25"))
-    ax.text(x, y, text, ha="center", va="center", fontsize=8.5, wrap=True)
+    ax.text(x, y, text, ha="center", va="center", fontsize=8)
 
 
 def _arrow(ax, a, b, text=None, style="-|>"):
@@ -86,31 +86,35 @@ def schematic(kind: str):
     """Figure 1 ("inversion") or Figure 2 ("tldr"): the procedure as a block diagram."""
     if kind not in ("inversion", "tldr"):
         raise ValueError(f"unknown schematic {kind!r}; choose 'inversion' or 'tldr'")
-    fig, ax = plt.subplots(figsize=(9.5, 3.4 if kind == "inversion" else 4.4))
-    ax.set_xlim(0, 11)
-    ax.set_ylim(-1.6 if kind == "tldr" else -0.4, 3.2)
+    tldr = kind == "tldr"
+    fig, ax = plt.subplots(figsize=(10, 4.6 if tldr else 3.6))
+    ax.set_xlim(0, 12)
+    ax.set_ylim(-1.5 if tldr else -0.6, 3.5 if tldr else 3.0)
     ax.axis("off")
     blue, green, grey, orange = "#cfe2f3", "#d9ead3", "#eeeeee", "#fce5cd"
-    _box(ax, (1, 2.4), "latent z ~ N(0, I)", grey)
-    _box(ax, (1, 1.0), "condition c:\nsoft vector P\n+ hot matrix" if kind == "inversion"
-         else "condition c:\nhot vector (one-hot)\n+ hot matrix", grey, h=1.0)
-    _box(ax, (3.6, 1.7), "generator G(z, c)\nup-convolutions\nbatch norm, dropout on", blue, w=2.0, h=1.2)
-    _box(ax, (6.1, 1.7), "image x", grey, w=1.2)
-    _box(ax, (8.4, 1.7), "frozen classifier f\n(features, softmax Q)", green, w=2.0, h=1.0)
-    _arrow(ax, (1.85, 2.4), (2.6, 1.95))
-    _arrow(ax, (1.85, 1.0), (2.6, 1.45))
-    _arrow(ax, (4.6, 1.7), (5.5, 1.7))
-    _arrow(ax, (6.7, 1.7), (7.4, 1.7))
-    loss = ("a KL(P||Q) + b CE(Q, y)\n+ c cosine(features) + d orthogonality" if kind == "inversion" else
-            "a KL + b CE on x,  a' KL + b' CE on perturbed x\n+ c cosine + d orthogonality\n"
-            "+ n1 TV(x) + n2 pixel prior + n3 ||grad_theta CE||")
-    _box(ax, (8.4, 0.0 if kind == "inversion" else -0.6), loss, orange, w=3.9, h=0.75 if kind == "inversion" else 1.3)
-    _arrow(ax, (8.4, 1.2), (8.4, 0.4 if kind == "inversion" else 0.1))
-    _arrow(ax, (6.45, 0.0 if kind == "inversion" else -0.6), (3.6, 1.1), "update G only")
-    if kind == "tldr":
-        _box(ax, (6.1, 3.0), "perturbed x + eps sign(noise)", grey, w=2.6, h=0.5)
-        _arrow(ax, (6.1, 2.0), (6.1, 2.75))
-        _arrow(ax, (7.4, 3.0), (8.4, 2.2))
-    ax.set_title("Figure 1: network inversion" if kind == "inversion"
-                 else "Figure 2: training-like data reconstruction (TLDR)", fontsize=11, loc="left")
+    _box(ax, (1.2, 2.4), "latent z ~ N(0, I)", grey, w=2.1)
+    _box(ax, (1.2, 1.0), "condition c:\nhot vector (one-hot)\n+ hot matrix" if tldr
+         else "condition c:\nsoft vector P\n+ hot matrix", grey, w=2.1, h=1.0)
+    _box(ax, (4.2, 1.7), "generator G(z, c)\nup-convolutions,\nbatch norm, dropout on", blue, w=2.5, h=1.2)
+    _box(ax, (6.9, 1.7), "image x", grey, w=1.3)
+    _box(ax, (9.7, 1.7), "frozen classifier f\n(features, softmax Q)", green, w=2.5, h=1.0)
+    _arrow(ax, (2.3, 2.4), (2.9, 1.95))
+    _arrow(ax, (2.3, 1.0), (2.9, 1.45))
+    _arrow(ax, (5.5, 1.7), (6.2, 1.7))
+    _arrow(ax, (7.6, 1.7), (8.4, 1.7))
+    if tldr:
+        loss = ("a KL + b CE on x,  a' KL + b' CE on perturbed x\n+ c cosine + d orthogonality\n"
+                "+ n1 TV(x) + n2 pixel prior + n3 ||grad_theta CE||^2")
+        _box(ax, (8.9, -0.6), loss, orange, w=5.6, h=1.3)
+        _box(ax, (6.9, 3.0), "perturbed x + eps sign(noise)", grey, w=3.2, h=0.5)
+        _arrow(ax, (6.9, 2.05), (6.9, 2.72))
+        _arrow(ax, (8.5, 3.0), (9.5, 2.25))
+        _arrow(ax, (9.7, 1.15), (9.7, 0.1))
+        _arrow(ax, (6.05, -0.6), (4.2, 1.05), "update G only")
+    else:
+        _box(ax, (8.9, -0.05), "a KL(P || Q) + b CE(Q, y)\n+ c cosine(features) + d orthogonality", orange, w=5.0, h=0.8)
+        _arrow(ax, (9.7, 1.15), (9.7, 0.4))
+        _arrow(ax, (6.35, -0.05), (4.2, 1.05), "update G only")
+    ax.set_title("Figure 2: training-like data reconstruction (TLDR)" if tldr else "Figure 1: network inversion",
+                 fontsize=11, loc="left")
     return fig

@@ -1,0 +1,32 @@
+import pandas as pd
+import pytest
+
+from tldr_utils import report
+
+
+def _rows():
+    key = {"dataset": "mnist", "arch": "cnn", "train_size": "1000"}
+    rows = [{**key, "method": "target", "seed": 0, "metric": "test_accuracy", "value": 0.97}]
+    for seed, gap in ((0, 0.01), (1, 0.03)):
+        rows.append({**key, "method": "tldr", "seed": seed, "metric": "nn_ssim_gap", "value": gap})
+    return pd.DataFrame(rows)
+
+
+def test_tables_show_accuracy_and_mean_with_interval_over_seeds():
+    text = report.tables(_rows(), "cpu")
+    assert "| mnist | cnn | 0 | 0.97 |" in text
+    assert "0.020 ± 0.127" in text  # mean of 0.01 and 0.03, t(0.975, 1) * sd / sqrt(2)
+
+
+def test_readme_without_markers_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLDR_RUNS", str(tmp_path))
+    (tmp_path / "cpu").mkdir()
+    _rows().to_csv(tmp_path / "cpu" / "metrics.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        report.update_readme("cpu", readme)
+    readme.write_text(f"a\n{report.START}\nold\n{report.END}\nb\n")
+    report.update_readme("cpu", readme)
+    text = readme.read_text()
+    assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text and "0.97" in text

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from tldr_utils import config, inversion, targets
+
+
+@pytest.fixture()
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLDR_RUNS", str(tmp_path))
+    return tmp_path / "smoke"
+
+
+def test_targets_are_trained_once_then_loaded_from_safetensors(runs):
+    net, meta = targets.get_target("smoke", "digits", "mlp", 100, seed=0)
+    files = list((runs / "targets").glob("digits_mlp_n100_s0_*.safetensors"))
+    assert len(files) == 1
+    assert meta["n_train"] == 100 and 0 <= meta["test_accuracy"] <= 1
+    assert meta["data"]["source"].startswith("scikit-learn")
+    again, meta2 = targets.get_target("smoke", "digits", "mlp", 100, seed=0)
+    assert meta2 == meta
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+
+
+def test_same_seed_same_target_in_a_fresh_run(tmp_path, monkeypatch):
+    weights = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("TLDR_RUNS", str(tmp_path / run))
+        net, meta = targets.get_target("smoke", "digits", "cnn", 100, seed=3)
+        weights.append((net.state_dict(), meta["test_accuracy"]))
+    assert weights[0][1] == weights[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(weights[0][0].values(), weights[1][0].values()))
+
+
+def test_training_beats_the_untrained_control(runs):
+    _, trained = targets.get_target("smoke", "digits", "mlp", None, seed=0)
+    _, untrained = targets.get_target("smoke", "digits", "mlp", None, seed=0, trained=False)
+    assert untrained["steps"] == 0
+    assert trained["test_accuracy"] > untrained["test_accuracy"] + 0.2
+
+
+def test_evaluator_is_another_architecture_and_seed():
+    assert targets.get_evaluator_arch("cpu", "cnn") == "vit"
+    assert targets.get_evaluator_arch("cpu", "vit") != "vit"
+
+
+def test_unbalanced_training_size_is_refused(runs):
+    with pytest.raises(ValueError, match="size 105 must be a positive multiple of the 10 classes"):
+        targets.get_target("smoke", "digits", "mlp", 105)
+
+
+def test_nan_loss_stops_training_with_the_fix():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    x, y = torch.full((8, 1, 2, 2), float("nan")), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        targets.train_classifier(net, x, y, 3, 4, 0.1, 0)
+
+
+def test_generator_run_on_rgb_images_with_every_tldr_term():
+    torch.manual_seed(0)
+    net = targets.build_classifier("cnn", (3, 32, 32)).eval()
+    weights = {t: 1.0 for t in inversion.TERMS}
+    G, history = inversion.train_generator(net, (3, 32, 32), 10, weights, hot=True, steps=2, batch_size=8, shift=2)
+    images, labels = inversion.sample(G, 2, hot=True)
+    assert images.shape == (20, 3, 32, 32) and set(history[-1]) == set(inversion.TERMS) | {"total"}
+
+
+def test_cached_generator_run_records_scores(runs):
+    result = inversion.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
+    assert result["images"].shape == (20, 1, 8, 8)
+    assert {r["metric"] for r in result["rows"]} == {"target_accuracy", "evaluator_accuracy"}
+    assert (runs / "samples" / "tldr_digits.safetensors").exists()
+    with pytest.raises(ValueError, match="'stepz'"):
+        inversion.run("smoke", "tldr", "digits", {"stepz": 1})
+    with pytest.raises(ValueError, match="unknown method 'mi_face'"):
+        inversion.get_generator("smoke", "mi_face", "digits")
+    assert config.run_dir("smoke") == runs
