@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 import torch
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
@@ -27,31 +28,28 @@ def show_image(ax, img: torch.Tensor):
     ax.set_yticks([])
 
 
-def class_grid(images: torch.Tensor, labels: torch.Tensor, classes, rows: int = 4, axes=None, title=None):
+def class_grid(images: torch.Tensor, labels: torch.Tensor, classes, rows: int = 4, fig=None):
     """``rows`` images of every class, one column per class, class names on top."""
     K = len(classes)
-    if axes is None:
-        fig, axes = plt.subplots(rows, K, figsize=(K * 0.9, rows * 0.9 + 0.4), squeeze=False)
+    fig = fig or plt.figure(figsize=(K * 0.9, rows * 0.9 + 0.4))
+    axes = fig.subplots(rows, K, squeeze=False, gridspec_kw={"hspace": 0.06, "wspace": 0.05})
     for k in range(K):
         pick = (labels == k).nonzero().flatten()[:rows]
         if len(pick) < rows:
             raise ValueError(f"class {classes[k]!r} has {len(pick)} images, the grid needs {rows}")
         for r, i in enumerate(pick):
             show_image(axes[r][k], images[i])
-        axes[0][k].set_title(str(classes[k]), fontsize=8)
-    if title:
-        axes[0][0].annotate(title, (0, 1.6), xycoords="axes fraction", fontsize=10, fontweight="bold")
-    return axes
+        axes[0][k].set_title(str(classes[k]), fontsize=7)
+    return fig
 
 
 def grid_blocks(blocks: dict[str, tuple], rows: int = 3):
-    """One row block of ``class_grid`` per entry ``name -> (images, labels, classes)``."""
-    n = len(blocks)
+    """One row block of ``class_grid`` per entry ``name -> (images, labels, classes)``, titled ``name``."""
     K = max(len(c) for _, _, c in blocks.values())
-    fig, axes = plt.subplots(n * rows, K, figsize=(K * 0.85, n * (rows * 0.85 + 0.55)), squeeze=False,
-                             gridspec_kw={"hspace": 0.08, "wspace": 0.05})
-    for b, (name, (images, labels, classes)) in enumerate(blocks.items()):
-        class_grid(images, labels, classes, rows, axes=axes[b * rows:(b + 1) * rows], title=name)
+    fig = plt.figure(figsize=(K * 0.85, len(blocks) * (rows * 0.85 + 0.7)))
+    for sub, (name, (images, labels, classes)) in zip(np.atleast_1d(fig.subfigures(len(blocks), 1)), blocks.items()):
+        class_grid(images, labels, classes, rows, fig=sub)
+        sub.suptitle(name, x=0.01, ha="left", fontsize=10, fontweight="bold")
     return fig
 
 
