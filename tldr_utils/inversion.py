@@ -178,9 +178,14 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 
 # ----------------------------------------------------------------- training
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
-                    hot=False, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, seed=0, device="cpu",
-                    desc="generator") -> tuple[Generator, list[dict]]:
-    """Train G against the frozen classifier ``net``; returns G and per-step loss terms."""
+                    hot=False, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, warmup=0.0, seed=0,
+                    device="cpu", desc="generator") -> tuple[Generator, list[dict]]:
+    """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
+
+    Every term but KL and CE is ramped in linearly over the first ``warmup``
+    share of the steps: the generator first learns the classes, then the priors
+    shape them (without it the gradient-norm term can stall training at the start).
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     G = Generator(image_shape, num_classes, conditioning).to(device).train()
@@ -196,7 +201,8 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
         z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
         x = G(z, labels.to(device) if conditioning == "label" else p)
         terms = loss_terms(net, x, p, weights, epsilon, gen, shift)
-        loss = sum(weights[k] * v for k, v in terms.items())
+        ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
+        loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step} "
                                      f"({ {k: round(v.item(), 4) for k, v in terms.items()} }); lower lr (now {lr})")
@@ -248,7 +254,7 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     spec = {"method": method, "dataset": dataset, "trained_target": trained_target,
             "target": store.config_hash(target_meta),
             **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "steps",
-                                   "batch_size", "lr", "epsilon", "shift") if k in cfg}}
+                                   "batch_size", "lr", "epsilon", "shift", "warmup") if k in cfg}}
     size_name = "all" if cfg.train_size is None else cfg.train_size
     name = f"{method}_{dataset}_{cfg.arch}_n{size_name}_s{cfg.seed}_{store.config_hash(spec)}"
     path = config.run_dir(profile) / "generators" / f"{name}.safetensors"
@@ -258,7 +264,7 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     start = time.time()
     G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
                                  steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                 epsilon=cfg.get("epsilon", 0.1), shift=cfg.shift, seed=cfg.seed,
+                                 epsilon=cfg.get("epsilon", 0.1), shift=cfg.shift, warmup=cfg.warmup, seed=cfg.seed,
                                  device=config.device(cfg), desc=name)
     meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
             "target_test_accuracy": target_meta.get("test_accuracy")}
