@@ -32,7 +32,8 @@ def class_grid(images: torch.Tensor, labels: torch.Tensor, classes, rows: int = 
     """``rows`` images of every class, one column per class, class names on top."""
     K = len(classes)
     fig = fig or plt.figure(figsize=(K * 0.9, rows * 0.9 + 0.4))
-    axes = fig.subplots(rows, K, squeeze=False, gridspec_kw={"hspace": 0.06, "wspace": 0.05})
+    axes = fig.subplots(rows, K, squeeze=False, gridspec_kw={"hspace": 0.06, "wspace": 0.05, "left": 0.01,
+                                                             "right": 0.99, "bottom": 0.01, "top": 0.86})
     for k in range(K):
         pick = (labels == k).nonzero().flatten()[:rows]
         if len(pick) < rows:
