@@ -78,7 +78,8 @@ def test_metrics_table_is_tidy_and_upserts(tmp_path):
     row = {"dataset": "mnist", "arch": "cnn", "method": "tldr", "train_size": 1000, "seed": 0, "metric": "acc"}
     store.record_metrics(path, [{**row, "value": 0.1}, {**row, "metric": "ssim", "value": 0.2}])
     table = store.record_metrics(path, [{**row, "value": 0.3}])
-    assert list(table.columns[:7]) == store.METRIC_KEYS + ["value"]
+    assert list(table.columns[:8]) == store.METRIC_KEYS + ["value"]
+    assert set(table.setting) == {"main"}  # the default when rows name none
     assert len(table) == 2 and table.query("metric == 'acc'")["value"].item() == 0.3
     assert len(pd.read_csv(path)) == 2
     with pytest.raises(ValueError, match="seed"):

@@ -289,10 +289,11 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     net, _ = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
     judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
-              "evaluator_accuracy": targets.accuracy(judge, images, labels)}
+              "evaluator_accuracy": targets.accuracy(judge, images, labels), "evaluator": judge_meta["arch"]}
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
            "train_size": "all" if cfg.train_size is None else cfg.train_size, "seed": cfg.seed}
-    rows = [{**key, "metric": k, "value": v, "evaluator": judge_meta["arch"]} for k, v in scores.items()]
+    rows = [{**key, "metric": k, "value": scores[k], "evaluator": judge_meta["arch"]}
+            for k in ("target_accuracy", "evaluator_accuracy")]
     if save:
         path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})

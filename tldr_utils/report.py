@@ -38,24 +38,26 @@ def _mean_ci(values: pd.Series) -> str:
 
 def tables(metrics: pd.DataFrame, profile: str) -> str:
     m = metrics.copy()
+    m["setting"] = m["setting"].fillna("main") if "setting" in m.columns else "main"
+    main, sweep = m[m.setting == "main"], m[m.setting == "sweep"]
     parts = [f"Profile `{profile}`; every number below comes from `runs/{profile}/metrics.csv` "
              f"(a copy is `figures/metrics.csv`)."]
     seconds = config.run_dir(profile) / "figures_seconds.txt"
     if seconds.exists():
         parts[0] += f" The notebooks of that `make figures` ran for {int(seconds.read_text()) / 60:.0f} minutes."
-    acc = m[(m.method == "target") & (m.metric == "test_accuracy")]
+    acc = main[(main.method == "target") & (main.metric == "test_accuracy")]
     if len(acc):
         t = acc.pivot_table(index=["dataset", "arch", "seed"], columns="train_size", values="value").reset_index()
         t.columns = [str(c) if c in ("dataset", "arch", "seed") else f"n={c}" for c in t.columns]
         parts += ["**Target classifiers**: test accuracy by training-set size.",
                   _markdown(t.round(3).astype(object).where(t.notna(), "-"))]
-    shown = m[m.method.isin(["inversion", "tldr"]) & m.metric.isin(["target_accuracy", "evaluator_accuracy"])]
+    shown = main[main.method.isin(["inversion", "tldr"]) & main.metric.isin(["target_accuracy", "evaluator_accuracy"])]
     if len(shown):
         t = shown.pivot_table(index=["dataset", "method", "arch", "train_size"], columns="metric",
                               values="value").reset_index()
         parts += ["**Figures 3-4**: share of samples assigned to their conditioned class by the target and by "
                   "the independent evaluation classifier.", _markdown(t.round(3))]
-    leak = m[m.metric.isin(LEAKAGE) & ~m.method.str.startswith("tldr_without") & (m.method != "target")]
+    leak = sweep[sweep.metric.isin(LEAKAGE) & ~sweep.method.str.startswith("tldr_without")]
     leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
                                                          ["seed"].transform("nunique") > 1)]
     if len(leak):
@@ -63,14 +65,14 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         t = t[[c for c in LEAKAGE if c in t.columns]].reset_index()
         parts += ["**Leakage** (mean ± 95% t-interval over seeds): gap = train minus held-out; "
                   "copying Z < 0 and membership AUC > 0.5 would mean leakage.", _markdown(t)]
-    abl = m[(m.method == "tldr") | m.method.str.startswith("tldr_without")]
+    abl = sweep[(sweep.method == "tldr") | sweep.method.str.startswith("tldr_without")]
     abl = abl[abl.metric.isin(["nn_ssim_gap", "membership_auc", "copying_z", "evaluator_accuracy"])]
-    sizes = m[m.method.str.startswith("tldr_without")][["train_size", "seed"]].drop_duplicates()
+    sizes = sweep[sweep.method.str.startswith("tldr_without")][["train_size", "seed"]].drop_duplicates()
     if len(sizes):
         abl = abl.merge(sizes, on=["train_size", "seed"])
         t = abl.pivot_table(index="method", columns="metric", values="value").reset_index()
         parts += ["**Drop-one ablation** of the TLDR terms (one target, one seed).", _markdown(t.round(3))]
-    util = m[m.metric == "synthetic_utility"]
+    util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
         parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
                   _markdown(util[["dataset", "method", "train_size", "value"]].round(3))]

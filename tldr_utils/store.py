@@ -22,7 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from .config import ROOT
 
-METRIC_KEYS = ["dataset", "arch", "method", "train_size", "seed", "metric"]
+METRIC_KEYS = ["dataset", "arch", "method", "train_size", "seed", "metric", "setting"]
+# "setting" tells runs of one method apart: "main" for the generators of Figures 3-5,
+# "sweep" for the cheaper ones of the leakage sweep in 04_evaluate.
 
 
 @contextlib.contextmanager
@@ -67,12 +69,9 @@ def save_model(path, model: torch.nn.Module, meta: dict) -> None:
 
 def load_model(path, model: torch.nn.Module) -> dict:
     """Load weights saved by ``save_model`` into ``model``; return their meta."""
-    from safetensors import safe_open
-
     path = Path(path)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        meta = load_meta(path)
         state = load_file(str(path))
     except Exception as err:
         raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it and re-run to rebuild it") from err
@@ -95,6 +94,14 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def load_meta(path) -> dict:
+    """The meta dict saved with ``save_model`` or ``save_tensors``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get("meta", "{}"))
+
+
 def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
     """Upsert tidy rows (``METRIC_KEYS`` + ``value``) into the CSV at ``path``.
 
@@ -102,6 +109,7 @@ def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
     updates its numbers instead of duplicating them.
     """
     new = pd.DataFrame(rows)
+    new["setting"] = new["setting"].fillna("main") if "setting" in new.columns else "main"
     missing = [k for k in METRIC_KEYS + ["value"] if k not in new.columns]
     if missing:
         raise ValueError(f"metric rows lack column(s) {missing}; each needs {METRIC_KEYS + ['value']}")
@@ -110,6 +118,7 @@ def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
     old = pd.read_csv(path, dtype={"train_size": str}) if path.exists() else new.iloc[:0]
     table = pd.concat([old, new], ignore_index=True).drop_duplicates(METRIC_KEYS, keep="last")
     table = table.sort_values(METRIC_KEYS, kind="stable").reset_index(drop=True)
+    table = table[METRIC_KEYS + ["value"] + [c for c in table.columns if c not in METRIC_KEYS + ["value"]]]
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return table
