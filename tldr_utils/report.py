@@ -44,7 +44,8 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
              f"(a copy is `figures/metrics.csv`)."]
     seconds = config.run_dir(profile) / "figures_seconds.txt"
     if seconds.exists():
-        parts[0] += f" The notebooks of that `make figures` ran for {int(seconds.read_text()) / 60:.0f} minutes."
+        parts[0] += (f" The last `make figures` ran its notebooks in {int(seconds.read_text()) / 60:.0f} minutes, "
+                     "reusing any checkpoint an earlier run had cached.")
     acc = main[(main.method == "target") & (main.metric == "test_accuracy")]
     if len(acc):
         t = acc.pivot_table(index=["dataset", "arch", "seed"], columns="train_size", values="value").reset_index()
