@@ -255,8 +255,8 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
             "target": store.config_hash(target_meta),
             **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "steps",
                                    "batch_size", "lr", "epsilon", "shift", "warmup") if k in cfg}}
-    size_name = "all" if cfg.train_size is None else cfg.train_size
-    name = f"{method}_{dataset}_{cfg.arch}_n{size_name}_s{cfg.seed}_{store.config_hash(spec)}"
+    size = targets.size_label(cfg.train_size)
+    name = f"{method}_{dataset}_{cfg.arch}_n{size}_s{cfg.seed}_{store.config_hash(spec)}"
     path = config.run_dir(profile) / "generators" / f"{name}.safetensors"
     G = Generator(tuple(shape), 10, cfg.conditioning)
     if path.exists():
@@ -291,7 +291,7 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
               "evaluator_accuracy": targets.accuracy(judge, images, labels), "evaluator": judge_meta["arch"]}
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
-           "train_size": "all" if cfg.train_size is None else cfg.train_size, "seed": cfg.seed}
+           "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed}
     rows = [{**key, "metric": k, "value": scores[k], "evaluator": judge_meta["arch"]}
             for k in ("target_accuracy", "evaluator_accuracy")]
     if save:

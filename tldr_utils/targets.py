@@ -57,6 +57,11 @@ def accuracy(net, images, labels, device="cpu") -> float:
     return (predict(net, images, device).argmax(1) == labels).float().mean().item()
 
 
+def size_label(train_size: int | None):
+    """How a training-set size is named in file names and metrics: None is "all"."""
+    return "all" if train_size is None else train_size
+
+
 def training_indices(train: data.ImageSet, train_size: int | None, seed: int) -> torch.Tensor:
     """Which training images a target of this size and seed was trained on."""
     return data.stratified_subset(train.labels, train_size, seed)
@@ -77,8 +82,8 @@ def get_target(profile: str, dataset: str, arch: str, train_size: int | None = N
     steps = cfg.steps if trained else 0
     spec = {"dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed, "steps": steps,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "data_sha256": train.provenance()["sha256"]}
-    size_name = "all" if train_size is None else train_size
-    path = config.run_dir(profile) / "targets" / f"{dataset}_{arch}_n{size_name}_s{seed}_{store.config_hash(spec)}.safetensors"
+    name = f"{dataset}_{arch}_n{size_label(train_size)}_s{seed}_{store.config_hash(spec)}"
+    path = config.run_dir(profile) / "targets" / f"{name}.safetensors"
     torch.manual_seed(seed)
     net = build_classifier(arch, tuple(train.images.shape[1:]), len(train.classes))
     if path.exists():
