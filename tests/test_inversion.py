@@ -24,6 +24,24 @@ def test_soft_conditions_peak_on_the_label_and_hot_ones_are_one_hot():
     assert torch.equal(inversion.conditions(labels, 10, hot=True), F.one_hot(labels, 10).float())
 
 
+def test_a_larger_soft_scale_gives_a_clearer_winner():
+    labels = torch.arange(10).repeat(50)
+    margin = {}
+    for scale in (2.0, 4.0):
+        p = inversion.conditions(labels, 10, hot=False, generator=torch.Generator().manual_seed(0), soft_scale=scale)
+        top2 = p.topk(2, 1).values
+        margin[scale] = (top2[:, 0] - top2[:, 1]).mean().item()
+    assert margin[4.0] > margin[2.0] + 0.1
+
+
+def test_cosine_term_with_labels_counts_only_pairs_of_one_class():
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # each class collapsed onto one feature
+    labels = torch.tensor([0, 0, 1, 1])
+    assert inversion.cosine_term(same, labels).item() == pytest.approx(1.0)  # fully collapsed within classes
+    assert inversion.cosine_term(same).item() == pytest.approx(1 / 3)  # the batch-wide mean hides it
+    assert inversion.cosine_term(same, torch.arange(4)).item() == 0.0  # no same-class pair: nothing to penalise
+
+
 def _optimise(term, net, steps=40):
     """Minimise one term alone over the pixels of a random batch; return (before, after) of ``measure``."""
     torch.manual_seed(1)

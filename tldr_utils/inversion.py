@@ -31,18 +31,23 @@ TLDR_TERMS = INVERSION_TERMS + ("kl_pert", "ce_pert", "tv", "pixel", "grad_norm"
 EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unless weighted
 TERMS = TLDR_TERMS + EXTRA_TERMS
 METHODS = {"inversion": "invert", "tldr": "reconstruct"}  # method -> profile section
+LOSS_VERSION = 2  # part of every cached generator's name: bump when a loss term's definition changes
 
 
 # ----------------------------------------------------------------- conditions
-def conditions(labels: torch.Tensor, num_classes: int, hot: bool, generator: torch.Generator | None = None):
+def conditions(labels: torch.Tensor, num_classes: int, hot: bool, generator: torch.Generator | None = None,
+               soft_scale: float = 4.0):
     """Conditioning vectors P for ``labels``: one-hot ("hot") or a soft vector.
 
-    The soft vector is the softmax of a Gaussian vector with its largest entry
-    swapped onto the label, so argmax P is the class but P keeps some mass elsewhere.
+    The soft vector is the softmax of a Gaussian vector (standard deviation
+    ``soft_scale``) with its largest entry swapped onto the label, so argmax P is
+    the class but P keeps some mass elsewhere. A larger scale gives a clearer
+    winner; at 2 the runner-up is often so close that about one sample in seven
+    ends up classified as it.
     """
     if hot:
         return F.one_hot(labels, num_classes).float()
-    p = torch.softmax(torch.randn(len(labels), num_classes, generator=generator) * 2, 1)
+    p = torch.softmax(torch.randn(len(labels), num_classes, generator=generator) * soft_scale, 1)
     top = p.argmax(1)
     rows = torch.arange(len(labels))
     at_label = p[rows, labels].clone()
@@ -66,11 +71,18 @@ def _similarity(features):
     return f @ f.T
 
 
-def cosine_term(features):
-    """Mean cosine similarity of distinct pairs of features: low means diverse."""
+def cosine_term(features, labels: torch.Tensor | None = None):
+    """Mean cosine similarity of distinct pairs of features: low means diverse.
+
+    With ``labels``, only pairs of the same class count. Our choice: the paper
+    averages over the whole batch, where pairs of different classes, already
+    dissimilar, dominate and the term does little against within-class collapse.
+    """
     s = _similarity(features)
-    n = len(s)
-    return (s.sum() - s.diagonal().sum()) / (n * (n - 1))
+    pairs = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    if labels is not None:
+        pairs &= labels[:, None] == labels[None, :]
+    return s[pairs].mean() if pairs.any() else s.new_zeros(())
 
 
 def ortho_term(features):
@@ -156,7 +168,7 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
     if "ce" in on:
         terms["ce"] = ce_term(logits, labels)
     if "cos" in on:
-        terms["cos"] = cosine_term(feats)
+        terms["cos"] = cosine_term(feats, labels)
     if "ortho" in on:
         terms["ortho"] = ortho_term(feats)
     if on & {"kl_pert", "ce_pert"}:
@@ -178,8 +190,8 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 
 # ----------------------------------------------------------------- training
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
-                    hot=False, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, warmup=0.0, seed=0,
-                    device="cpu", desc="generator") -> tuple[Generator, list[dict]]:
+                    hot=False, soft_scale=4.0, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, warmup=0.0,
+                    seed=0, device="cpu", desc="generator") -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
 
     Every term but KL and CE is ramped in linearly over the first ``warmup``
@@ -197,7 +209,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
     for step in bar:
         labels = torch.randint(num_classes, (batch_size,), generator=gen)
-        p = conditions(labels, num_classes, hot, gen).to(device)
+        p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
         z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
         x = G(z, labels.to(device) if conditioning == "label" else p)
         terms = loss_terms(net, x, p, weights, epsilon, gen, shift)
@@ -218,12 +230,13 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
 
 
 @torch.no_grad()
-def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, device="cpu", batch_size: int = 500):
+def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, device="cpu", batch_size: int = 500,
+           soft_scale: float = 4.0):
     """``per_class`` images of every class from a trained generator: (images, labels), class-sorted."""
     gen = torch.Generator().manual_seed(seed)
     K = G.num_classes
     labels = torch.arange(K).repeat_interleave(per_class)
-    p = conditions(labels, K, hot, gen)
+    p = conditions(labels, K, hot, gen, soft_scale)
     z = torch.randn(len(labels), G.latent_dim, generator=gen)
     G = G.to(device).eval()  # batch norm in eval mode; dropout stays on by design
     torch.manual_seed(seed)  # dropout masks
@@ -252,8 +265,8 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
                                           trained=trained_target)
     shape = data.load_dataset(dataset, "train").images.shape[1:]
     spec = {"method": method, "dataset": dataset, "trained_target": trained_target,
-            "target": store.config_hash(target_meta),
-            **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "steps",
+            "target": store.config_hash(target_meta), "loss_version": LOSS_VERSION,
+            **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "soft_scale", "steps",
                                    "batch_size", "lr", "epsilon", "shift", "warmup") if k in cfg}}
     size = targets.size_label(cfg.train_size)
     name = f"{method}_{dataset}_{cfg.arch}_n{size}_s{cfg.seed}_{store.config_hash(spec)}"
@@ -263,7 +276,7 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
         return G, store.load_model(path, G)
     start = time.time()
     G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
-                                 steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                 soft_scale=cfg.soft_scale, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                  epsilon=cfg.get("epsilon", 0.1), shift=cfg.shift, warmup=cfg.warmup, seed=cfg.seed,
                                  device=config.device(cfg), desc=name)
     meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
@@ -285,7 +298,7 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     """
     cfg = config.settings(profile, METHODS[method], overrides)
     G, meta = get_generator(profile, method, dataset, overrides, trained_target)
-    images, labels = sample(G, cfg.samples_per_class, hot=cfg.hot, seed=cfg.seed)
+    images, labels = sample(G, cfg.samples_per_class, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
     net, _ = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
     judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
     scores = {"target_accuracy": targets.accuracy(net, images, labels),

@@ -37,7 +37,7 @@ def ssim_pairs(x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> torch.Ten
     return torch.cat(out) if out else torch.empty(0)
 
 
-def nearest(query: torch.Tensor, query_labels, ref: torch.Tensor, ref_labels, candidates: int = 32) -> dict:
+def nearest(query: torch.Tensor, query_labels, ref: torch.Tensor, ref_labels, candidates: int = 8) -> dict:
     """For each query image, its nearest same-class reference by L2, PSNR and SSIM.
 
     L2 and PSNR are exact. SSIM is maximised over the ``candidates`` nearest
