@@ -36,7 +36,7 @@ LOSS_VERSION = 2  # part of every cached generator's name: bump when a loss term
 
 # ----------------------------------------------------------------- conditions
 def conditions(labels: torch.Tensor, num_classes: int, hot: bool, generator: torch.Generator | None = None,
-               soft_scale: float = 4.0):
+               soft_scale: float = 8.0):
     """Conditioning vectors P for ``labels``: one-hot ("hot") or a soft vector.
 
     The soft vector is the softmax of a Gaussian vector (standard deviation
@@ -190,7 +190,7 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 
 # ----------------------------------------------------------------- training
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
-                    hot=False, soft_scale=4.0, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, warmup=0.0,
+                    hot=False, soft_scale=8.0, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, warmup=0.0,
                     seed=0, device="cpu", desc="generator") -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
 
@@ -231,7 +231,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
 
 @torch.no_grad()
 def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, device="cpu", batch_size: int = 500,
-           soft_scale: float = 4.0):
+           soft_scale: float = 8.0):
     """``per_class`` images of every class from a trained generator: (images, labels), class-sorted."""
     gen = torch.Generator().manual_seed(seed)
     K = G.num_classes
@@ -302,7 +302,8 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     net, _ = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
     judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
-              "evaluator_accuracy": targets.accuracy(judge, images, labels), "evaluator": judge_meta["arch"]}
+              "evaluator_accuracy": targets.accuracy(judge, images, labels), "evaluator": judge_meta["arch"],
+              "evaluator_real_accuracy": judge_meta["test_accuracy"]}
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
            "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed}
     rows = [{**key, "metric": k, "value": scores[k], "evaluator": judge_meta["arch"]}

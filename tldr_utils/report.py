@@ -44,8 +44,8 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
              f"(a copy is `figures/metrics.csv`)."]
     seconds = config.run_dir(profile) / "figures_seconds.txt"
     if seconds.exists():
-        parts[0] += (f" The last `make figures` ran its notebooks in {int(seconds.read_text()) / 60:.0f} minutes, "
-                     "reusing any checkpoint an earlier run had cached.")
+        parts[0] += (f" The last `make figures` ran its notebooks in {int(seconds.read_text()) / 60:.0f} minutes "
+                     "(checkpoints cached by an earlier run are reused, so a rerun takes less).")
     acc = main[(main.method == "target") & (main.metric == "test_accuracy")]
     if len(acc):
         t = acc.pivot_table(index=["dataset", "arch", "seed"], columns="train_size", values="value").reset_index()
@@ -56,8 +56,10 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     if len(shown):
         t = shown.pivot_table(index=["dataset", "method", "arch", "train_size"], columns="metric",
                               values="value").reset_index()
+        cfg = config.settings(profile, "train_targets")
         parts += ["**Figures 3-4**: share of samples assigned to their conditioned class by the target and by "
-                  "the independent evaluation classifier.", _markdown(t.round(3))]
+                  f"the independent evaluation classifier (`{cfg.eval_arch}`, seed {cfg.eval_seed}; its accuracy on "
+                  "real test images is in its row above, the ceiling to compare with).", _markdown(t.round(3))]
     leak = sweep[sweep.metric.isin(LEAKAGE) & ~sweep.method.str.startswith("tldr_without")]
     leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
                                                          ["seed"].transform("nunique") > 1)]
