@@ -17,10 +17,12 @@ def net():
 
 def test_soft_conditions_peak_on_the_label_and_hot_ones_are_one_hot():
     labels = torch.arange(10).repeat(5)
-    p = inversion.conditions(labels, 10, hot=False, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(p.argmax(1), labels)
-    assert torch.allclose(p.sum(1), torch.ones(50))
-    assert (p.max(1).values < 1).all()  # soft: mass elsewhere too
+    for scale in (2.0, 8.0):
+        p = inversion.conditions(labels, 10, hot=False, generator=torch.Generator().manual_seed(0), soft_scale=scale)
+        assert torch.equal(p.argmax(1), labels)
+        assert torch.allclose(p.sum(1), torch.ones(50))
+    p = inversion.conditions(labels, 10, hot=False, generator=torch.Generator().manual_seed(0), soft_scale=2.0)
+    assert (p.max(1).values < 0.999).all()  # soft: mass elsewhere too
     assert torch.equal(inversion.conditions(labels, 10, hot=True), F.one_hot(labels, 10).float())
 
 
