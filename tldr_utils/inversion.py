@@ -32,18 +32,19 @@ EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unles
 TERMS = TLDR_TERMS + EXTRA_TERMS
 METHODS = {"inversion": "invert", "tldr": "reconstruct"}  # method -> profile section
 LOSS_VERSION = 2  # part of every cached generator's name: bump when a loss term's definition changes
+SOFT_SCALE = 8.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
 
 
 # ----------------------------------------------------------------- conditions
 def conditions(labels: torch.Tensor, num_classes: int, hot: bool, generator: torch.Generator | None = None,
-               soft_scale: float = 8.0):
+               soft_scale: float = SOFT_SCALE):
     """Conditioning vectors P for ``labels``: one-hot ("hot") or a soft vector.
 
     The soft vector is the softmax of a Gaussian vector (standard deviation
     ``soft_scale``) with its largest entry swapped onto the label, so argmax P is
-    the class but P keeps some mass elsewhere. A larger scale gives a clearer
-    winner; at 2 the runner-up is often so close that about one sample in seven
-    ends up classified as it.
+    the class and the rest of the mass is spread at random. A larger scale gives
+    a clearer winner; at 2 the runner-up is often so close that about one sample
+    in seven ends up classified as it.
     """
     if hot:
         return F.one_hot(labels, num_classes).float()
@@ -190,7 +191,7 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 
 # ----------------------------------------------------------------- training
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
-                    hot=False, soft_scale=8.0, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, warmup=0.0,
+                    hot=False, soft_scale=SOFT_SCALE, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, warmup=0.0,
                     seed=0, device="cpu", desc="generator") -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
 
@@ -231,7 +232,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
 
 @torch.no_grad()
 def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, device="cpu", batch_size: int = 500,
-           soft_scale: float = 8.0):
+           soft_scale: float = SOFT_SCALE):
     """``per_class`` images of every class from a trained generator: (images, labels), class-sorted."""
     gen = torch.Generator().manual_seed(seed)
     K = G.num_classes
