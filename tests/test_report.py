@@ -30,3 +30,12 @@ def test_readme_without_markers_is_refused(tmp_path, monkeypatch):
     report.update_readme("cpu", readme)
     text = readme.read_text()
     assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text and "0.97" in text
+
+
+def test_figure_table_names_the_evaluator_recorded_with_the_scores():
+    key = {"dataset": "mnist", "arch": "cnn", "method": "tldr", "train_size": "1000", "seed": 0, "evaluator": "mlp"}
+    rows = pd.DataFrame([{**key, "metric": "target_accuracy", "value": 0.99},
+                         {**key, "metric": "evaluator_accuracy", "value": 0.71}])
+    text = report.tables(rows, "cpu")
+    assert "classifier (`mlp`, seed 1;" in text  # the judge in the rows, not the profile's default (vit)
+    assert "| mnist | tldr | cnn | 1000 | 0.71 | 0.99 |" in text

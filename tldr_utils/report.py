@@ -56,9 +56,10 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     if len(shown):
         t = shown.pivot_table(index=["dataset", "method", "arch", "train_size"], columns="metric",
                               values="value").reset_index()
-        cfg = config.settings(profile, "train_targets")
+        judges = ", ".join(f"`{a}`" for a in sorted(shown["evaluator"].dropna().unique()))
+        seed = config.settings(profile, "train_targets").eval_seed
         parts += ["**Figures 3-4**: share of samples assigned to their conditioned class by the target and by "
-                  f"the independent evaluation classifier (`{cfg.eval_arch}`, seed {cfg.eval_seed}; its accuracy on "
+                  f"the independent evaluation classifier ({judges}, seed {seed}; its accuracy on "
                   "real test images is in its row above, the ceiling to compare with).", _markdown(t.round(3))]
     leak = sweep[sweep.metric.isin(LEAKAGE) & ~sweep.method.str.startswith("tldr_without")]
     leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
