@@ -38,4 +38,14 @@ def test_figure_table_names_the_evaluator_recorded_with_the_scores():
                          {**key, "metric": "evaluator_accuracy", "value": 0.71}])
     text = report.tables(rows, "cpu")
     assert "classifier (`mlp`, seed 1;" in text  # the judge in the rows, not the profile's default (vit)
-    assert "| mnist | tldr | cnn | 1000 | 0.71 | 0.99 |" in text
+    assert "| mnist | tldr | ours | cnn | 1000 | 0.71 | 0.99 |" in text
+
+
+def test_figure_table_sets_the_paper_loss_control_beside_our_loss_and_leaves_out_the_sweep():
+    key = {"dataset": "mnist", "arch": "cnn", "method": "inversion", "train_size": "all", "seed": 0, "evaluator": "vit"}
+    rows = pd.DataFrame([{**key, "metric": "evaluator_accuracy", "value": v, "setting": s}
+                         for s, v in (("main", 0.6), ("paper_loss", 0.1), ("sweep", 0.42))])
+    text = report.tables(rows, "cpu")
+    assert "| mnist | inversion | ours | cnn | all | 0.6 |" in text
+    assert "| mnist | inversion | paper only | cnn | all | 0.1 |" in text
+    assert "0.42" not in text

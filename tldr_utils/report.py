@@ -19,6 +19,7 @@ from .store import atomic_path
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "membership_auc", "identifiability",
            "evaluator_accuracy"]
+LOSSES = {"main": "ours", "paper_loss": "paper only"}  # setting -> how the Figures 3-4 table names the loss
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -52,15 +53,18 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         t.columns = [str(c) if c in ("dataset", "arch", "seed") else f"n={c}" for c in t.columns]
         parts += ["**Target classifiers**: test accuracy by training-set size.",
                   _markdown(t.round(3).astype(object).where(t.notna(), "-"))]
-    shown = main[main.method.isin(["inversion", "tldr"]) & main.metric.isin(["target_accuracy", "evaluator_accuracy"])]
+    shown = m[m.setting.isin(LOSSES) & m.method.isin(["inversion", "tldr"])
+              & m.metric.isin(["target_accuracy", "evaluator_accuracy"])]
     if len(shown):
-        t = shown.pivot_table(index=["dataset", "method", "arch", "train_size"], columns="metric",
-                              values="value").reset_index()
+        t = shown.assign(loss=shown.setting.map(LOSSES)).pivot_table(
+            index=["dataset", "method", "loss", "arch", "train_size"], columns="metric", values="value").reset_index()
         judges = ", ".join(f"`{a}`" for a in sorted(shown["evaluator"].dropna().unique()))
         seed = config.settings(profile, "train_targets").eval_seed
         parts += ["**Figures 3-4**: share of samples assigned to their conditioned class by the target and by "
                   f"the independent evaluation classifier ({judges}, seed {seed}; its accuracy on "
-                  "real test images is in its row above, the ceiling to compare with).", _markdown(t.round(3))]
+                  "real test images is in its row above, the ceiling to compare with). Loss `paper only` is the control of "
+                  "`02_invert`: the paper's terms without our image priors, which the target accepts and the evaluator "
+                  "should not.", _markdown(t.round(3))]
     leak = sweep[sweep.metric.isin(LEAKAGE) & ~sweep.method.str.startswith("tldr_without")]
     leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
                                                          ["seed"].transform("nunique") > 1)]
