@@ -77,6 +77,16 @@ def test_bn_term_pulls_batch_statistics_toward_the_stored_ones():
     assert after < 0.5 * before, f"bn: {before:.4g} -> {after:.4g}"
 
 
+def test_bn_term_weights_the_first_layer_as_asked():
+    layers = [torch.nn.BatchNorm2d(2), torch.nn.BatchNorm1d(3)]  # running mean 0, running var 1
+    off_by_one = [(layers[0], torch.ones(4, 2, 5, 5)), (layers[1], torch.zeros(4, 3))]  # first: mean off by 1 per channel
+    first = torch.tensor(2.0).sqrt() + torch.tensor(2.0).sqrt()  # |mean - 0| over 2 channels, |var - 1| likewise
+    second = torch.tensor(3.0).sqrt()  # mean right, var 0 instead of 1 over 3 channels
+    for weight in (1.0, 10.0):
+        expected = (weight * first + second) / 2
+        assert torch.isclose(inversion.bn_term(off_by_one, weight), expected)
+
+
 def test_tv_term_lowers_total_variation_of_the_images(net):
     _, _, x, _ = _optimise("tv", net)
     torch.manual_seed(1)
