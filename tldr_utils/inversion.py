@@ -32,7 +32,7 @@ EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unles
 TERMS = TLDR_TERMS + EXTRA_TERMS
 METHODS = {"inversion": "invert", "tldr": "reconstruct"}  # method -> profile section
 LOSS_VERSION = 3  # part of every cached generator's name: bump when a loss term's definition changes
-SOFT_SCALE = 8.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
+SOFT_SCALE = 16.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
 
 
 # ----------------------------------------------------------------- conditions
