@@ -61,7 +61,8 @@ def save_figure(fig, stem: str | Path, caption: str) -> list[Path]:
     for ext in ("png", "pdf"):
         path = stem.with_suffix(f".{ext}")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext)
+            # no creation date in the PDF, so an unchanged figure stays byte-identical in git
+            fig.savefig(tmp, format=ext, metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(path)
     with atomic_path(stem.with_suffix(".txt")) as tmp:
         tmp.write_text(caption.strip() + "\n")

@@ -1,0 +1,25 @@
+"""Figures are saved with their caption, and identically when nothing changed."""
+
+from __future__ import annotations
+
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tldr_utils import plotting  # noqa: E402
+
+
+def test_save_figure_writes_png_pdf_and_caption_and_repeats_byte_for_byte(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    first = plotting.save_figure(fig, tmp_path / "a" / "fig", "A caption.\n\n")
+    time.sleep(1.1)  # a PDF creation date, if written, would now differ
+    again = plotting.save_figure(fig, tmp_path / "b" / "fig", "A caption.")
+    plt.close(fig)
+    assert [p.suffix for p in first] == [".png", ".pdf", ".txt"]
+    assert first[2].read_text() == "A caption.\n"
+    for one, other in zip(first, again):
+        assert one.read_bytes() == other.read_bytes(), one.name
