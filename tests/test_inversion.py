@@ -120,11 +120,40 @@ def test_zero_weight_switches_a_term_off_and_unknown_terms_are_refused(net):
         inversion.loss_terms(net, x, p, {"sharpness": 1.0})
 
 
-def test_perturbation_is_sign_noise_of_size_epsilon_clipped():
+def test_random_perturbation_is_sign_noise_of_size_epsilon_clipped():
     x = torch.full((2, 1, 4, 4), 0.5)
-    d = inversion.perturb(x, 0.1, torch.Generator().manual_seed(0)) - x
+    d = inversion.random_perturbation(x, 0.1, torch.Generator().manual_seed(0)) - x
     assert torch.allclose(d.abs(), torch.full_like(d, 0.1))
-    assert inversion.perturb(torch.ones(1, 1, 4, 4), 0.3).max() <= 1
+    assert inversion.random_perturbation(torch.ones(1, 1, 4, 4), 0.3).max() <= 1
+
+
+def test_adversarial_perturbation_is_a_step_of_size_epsilon_that_hurts_more_than_noise(net):
+    torch.manual_seed(1)
+    x = torch.rand(32, 1, 16, 16) * 0.6 + 0.2  # away from the clipping bounds
+    labels = net(x).argmax(1)
+    worst = inversion.adversarial_perturbation(net, x, labels, 0.05)
+    assert torch.allclose((worst - x).abs(), torch.full_like(x, 0.05))
+    noisy = inversion.random_perturbation(x, 0.05, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ce = lambda images: F.cross_entropy(net(images), labels).item()  # noqa: E731
+        assert ce(worst) > ce(noisy) + 0.1 and ce(worst) > ce(x)
+    clipped = inversion.adversarial_perturbation(net, torch.ones(2, 1, 16, 16), labels[:2], 0.3)
+    assert 0 <= clipped.min() and clipped.max() <= 1
+
+
+def test_the_adversarial_step_passes_the_gradient_on_to_the_images(net):
+    x = torch.rand(4, 1, 16, 16, requires_grad=True)
+    worst = inversion.adversarial_perturbation(net, x * 0.5 + 0.25, torch.zeros(4, dtype=torch.long), 0.1)
+    worst.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 0.5))  # d(worst)/dx = 0.5 inside [0, 1]: the generator learns through it
+
+
+def test_unknown_perturbation_is_refused_by_name(net):
+    x, p = torch.rand(2, 1, 16, 16), inversion.conditions(torch.arange(2), 10, hot=True)
+    with pytest.raises(ValueError, match="'gaussian'.*adversarial, random"):
+        inversion.loss_terms(net, x, p, {"ce_pert": 1.0}, perturbation="gaussian")
+    with pytest.raises(ValueError, match="'gaussian'"):
+        inversion.train_generator(net, (1, 16, 16), 10, {"ce": 1.0}, steps=1, perturbation="gaussian")
 
 
 def _tiny_generator(weights, seed=0):
@@ -158,3 +187,13 @@ def test_sample_gives_every_class_in_order():
     assert images.shape == (30, 1, 8, 8)
     assert torch.equal(labels, torch.arange(10).repeat_interleave(3))
     assert torch.equal(images, inversion.sample(G, 3, seed=4)[0])
+
+
+def test_robustness_weight_in_training_makes_samples_survive_the_worst_step(net):
+    def attacked_ce(weights):
+        G, _ = inversion.train_generator(net, (1, 16, 16), 10, weights, steps=30, batch_size=16, lr=3e-3)
+        images, labels = inversion.sample(G, 10)
+        worst = inversion.adversarial_perturbation(net, images, labels, 0.1)
+        with torch.no_grad():
+            return F.cross_entropy(net(worst), labels).item()
+    assert attacked_ce({"ce": 1.0, "ce_pert": 5.0}) < 0.9 * attacked_ce({"ce": 1.0})

@@ -26,7 +26,7 @@ def _peak_mib(device) -> float:
 def _time_steps(net, shape, weights, cfg, device, steps: int) -> float:
     """Seconds per generator step, after one warm-up step."""
     kwargs = dict(conditioning=cfg.conditioning, hot=cfg.hot, batch_size=cfg.batch_size, lr=cfg.lr,
-                  epsilon=cfg.get("epsilon", 0.1), shift=cfg.shift, device=device, desc="bench")
+                  epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift, device=device, desc="bench")
     inversion.train_generator(net, shape, 10, weights, steps=1, **kwargs)
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -7,12 +7,19 @@ training-like reconstruction (TLDR, 1.3) adds ``kl_pert, ce_pert`` (robustness
 to perturbation), ``tv`` (smoothness), ``pixel`` (an L2 pixel prior) and
 ``grad_norm`` (small weight gradients, through a double backward).
 
+The paper does not say how images are perturbed. Ours is the worst case: one
+gradient-sign step of size epsilon against the classifier (FGSM), so the
+samples must keep their class where the classifier is most fragile;
+``perturbation="random"`` gives sign noise of the same size instead.
+
 One term is ours, not the paper's: ``bn`` matches the batch statistics of the
 classifier's batch-norm inputs to the running statistics stored in its weights
 (the feature prior of DeepInversion). Without it (or another prior) the
 generator finds adversarial patterns that only the target recognises; a zero
 weight recovers the paper's loss exactly. ``shift`` rolls the images by up to
-that many pixels before the classifier sees them, for the same reason.
+that many pixels before the classifier sees them, for the same reason. Our
+inversion profile also borrows TLDR's ``ce_pert``: a sample that must keep its
+class under the worst-case perturbation cannot be a fragile adversarial pattern.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ TLDR_TERMS = INVERSION_TERMS + ("kl_pert", "ce_pert", "tv", "pixel", "grad_norm"
 EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unless weighted
 TERMS = TLDR_TERMS + EXTRA_TERMS
 METHODS = {"inversion": "invert", "tldr": "reconstruct"}  # method -> profile section
-LOSS_VERSION = 3  # part of every cached generator's name: bump when a loss term's definition changes
+PERTURBATIONS = ("adversarial", "random")  # how the robustness terms perturb an image
+LOSS_VERSION = 4  # part of every cached generator's name: bump when a loss term's definition changes
 SOFT_SCALE = 16.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
 
 
@@ -149,18 +157,33 @@ def jitter(x, pixels: int, generator=None):
     return torch.roll(x, shifts=(dx, dy), dims=(-2, -1))
 
 
-def perturb(x, epsilon: float, generator: torch.Generator | None = None):
+def random_perturbation(x, epsilon: float, generator: torch.Generator | None = None):
     """Sign noise of size ``epsilon`` on every pixel, clipped to [0, 1]."""
     noise = torch.randn(x.shape, generator=generator).to(x.device).sign()
     return (x + epsilon * noise).clamp(0, 1)
 
 
+def adversarial_perturbation(net, x, labels, epsilon: float):
+    """One gradient-sign step of size ``epsilon`` that raises the classifier's loss
+    (FGSM), clipped to [0, 1]. The step is a constant for the generator: its
+    gradient flows through ``x`` only."""
+    probe = x.detach().requires_grad_(True)
+    grad, = torch.autograd.grad(F.cross_entropy(net(probe), labels), probe)
+    return (x + epsilon * grad.sign()).clamp(0, 1)
+
+
+def _check_perturbation(perturbation: str):
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {', '.join(PERTURBATIONS)}")
+
+
 def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
-               shift: int = 0) -> dict[str, torch.Tensor]:
+               shift: int = 0, perturbation: str = "adversarial") -> dict[str, torch.Tensor]:
     """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p``."""
     unknown = sorted(set(weights) - set(TERMS))
     if unknown:
         raise ValueError(f"unknown loss term(s) {unknown}; valid: {', '.join(TERMS)}")
+    _check_perturbation(perturbation)
     on = {k for k, w in weights.items() if w}
     labels = p.argmax(1)
     with _BatchNormInputs(net) as bn:
@@ -176,7 +199,9 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
     if "ortho" in on:
         terms["ortho"] = ortho_term(feats)
     if on & {"kl_pert", "ce_pert"}:
-        logits_pert = net(perturb(x, epsilon, generator))
+        x_pert = (adversarial_perturbation(net, x, labels, epsilon) if perturbation == "adversarial"
+                  else random_perturbation(x, epsilon, generator))
+        logits_pert = net(x_pert)
         if "kl_pert" in on:
             terms["kl_pert"] = kl_term(logits_pert, p)
         if "ce_pert" in on:
@@ -194,14 +219,15 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 
 # ----------------------------------------------------------------- training
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
-                    hot=False, soft_scale=SOFT_SCALE, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1, shift=0, warmup=0.0,
-                    seed=0, device="cpu", desc="generator") -> tuple[Generator, list[dict]]:
+                    hot=False, soft_scale=SOFT_SCALE, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1,
+                    perturbation="adversarial", shift=0, warmup=0.0, seed=0, device="cpu", desc="generator") -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
 
     Every term but KL and CE is ramped in linearly over the first ``warmup``
     share of the steps: the generator first learns the classes, then the priors
     shape them (without it the gradient-norm term can stall training at the start).
     """
+    _check_perturbation(perturbation)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     G = Generator(image_shape, num_classes, conditioning).to(device).train()
@@ -216,7 +242,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
         p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
         z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
         x = G(z, labels.to(device) if conditioning == "label" else p)
-        terms = loss_terms(net, x, p, weights, epsilon, gen, shift)
+        terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation)
         ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
         loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
         if not torch.isfinite(loss):
@@ -271,7 +297,7 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     spec = {"method": method, "dataset": dataset, "trained_target": trained_target,
             "target": store.config_hash(target_meta), "loss_version": LOSS_VERSION,
             **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "soft_scale", "steps",
-                                   "batch_size", "lr", "epsilon", "shift", "warmup") if k in cfg}}
+                                   "batch_size", "lr", "epsilon", "perturbation", "shift", "warmup") if k in cfg}}
     size = targets.size_label(cfg.train_size)
     name = f"{method}_{dataset}_{cfg.arch}_n{size}_s{cfg.seed}_{store.config_hash(spec)}"
     path = config.run_dir(profile) / "generators" / f"{name}.safetensors"
@@ -281,7 +307,8 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     start = time.time()
     G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
                                  soft_scale=cfg.soft_scale, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                 epsilon=cfg.get("epsilon", 0.1), shift=cfg.shift, warmup=cfg.warmup, seed=cfg.seed,
+                                 epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift,
+                                 warmup=cfg.warmup, seed=cfg.seed,
                                  device=config.device(cfg), desc=name)
     meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
             "target_test_accuracy": target_meta.get("test_accuracy")}
