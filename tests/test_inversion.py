@@ -191,7 +191,8 @@ def test_sample_gives_every_class_in_order():
 
 def test_robustness_weight_in_training_makes_samples_survive_the_worst_step(net):
     def attacked_ce(weights):
-        G, _ = inversion.train_generator(net, (1, 16, 16), 10, weights, steps=30, batch_size=16, lr=3e-3)
+        G, _ = inversion.train_generator(net, (1, 16, 16), 10, weights, steps=30, batch_size=16, lr=3e-3,
+                                         perturbation="adversarial")
         images, labels = inversion.sample(G, 10)
         worst = inversion.adversarial_perturbation(net, images, labels, 0.1)
         with torch.no_grad():

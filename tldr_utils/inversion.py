@@ -7,19 +7,19 @@ training-like reconstruction (TLDR, 1.3) adds ``kl_pert, ce_pert`` (robustness
 to perturbation), ``tv`` (smoothness), ``pixel`` (an L2 pixel prior) and
 ``grad_norm`` (small weight gradients, through a double backward).
 
-The paper does not say how images are perturbed. Ours is the worst case: one
-gradient-sign step of size epsilon against the classifier (FGSM), so the
-samples must keep their class where the classifier is most fragile;
-``perturbation="random"`` gives sign noise of the same size instead.
+The paper does not say how images are perturbed. ``perturbation="random"``
+(the default) adds sign noise of size epsilon; ``"adversarial"`` takes the
+worst case, one gradient-sign step of that size against the classifier (FGSM).
+In our runs the worst case made samples more recognisable to an independent
+classifier and much less varied (README, "Choices the paper leaves open").
 
 One term is ours, not the paper's: ``bn`` matches the batch statistics of the
 classifier's batch-norm inputs to the running statistics stored in its weights
 (the feature prior of DeepInversion). Without it (or another prior) the
 generator finds adversarial patterns that only the target recognises; a zero
 weight recovers the paper's loss exactly. ``shift`` rolls the images by up to
-that many pixels before the classifier sees them, for the same reason. Our
-inversion profile also borrows TLDR's ``ce_pert``: a sample that must keep its
-class under the worst-case perturbation cannot be a fragile adversarial pattern.
+that many pixels before the classifier sees them, for the same reason. Plain
+inversion may also borrow TLDR's ``ce_pert`` (zero in our profiles).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def _check_perturbation(perturbation: str):
 
 
 def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
-               shift: int = 0, perturbation: str = "adversarial") -> dict[str, torch.Tensor]:
+               shift: int = 0, perturbation: str = "random") -> dict[str, torch.Tensor]:
     """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p``."""
     unknown = sorted(set(weights) - set(TERMS))
     if unknown:
@@ -220,7 +220,8 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 # ----------------------------------------------------------------- training
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
                     hot=False, soft_scale=SOFT_SCALE, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1,
-                    perturbation="adversarial", shift=0, warmup=0.0, seed=0, device="cpu", desc="generator") -> tuple[Generator, list[dict]]:
+                    perturbation="random", shift=0, warmup=0.0, seed=0, device="cpu",
+                    desc="generator") -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
 
     Every term but KL and CE is ramped in linearly over the first ``warmup``

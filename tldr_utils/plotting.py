@@ -106,7 +106,7 @@ def schematic(kind: str):
         loss = ("a KL + b CE on x,  a' KL + b' CE on perturbed x\n+ c cosine + d orthogonality\n"
                 "+ n1 TV(x) + n2 pixel prior + n3 ||grad_theta CE||^2")
         _box(ax, (8.9, -0.6), loss, orange, w=5.6, h=1.3)
-        _box(ax, (6.9, 3.0), "perturbed x + eps sign(grad_x CE)", grey, w=3.6, h=0.5)
+        _box(ax, (6.9, 3.0), "perturbed x + eps sign(noise)", grey, w=3.2, h=0.5)
         _arrow(ax, (6.9, 2.05), (6.9, 2.72))
         _arrow(ax, (8.5, 3.0), (9.5, 2.25))
         _arrow(ax, (9.7, 1.15), (9.7, 0.1))
