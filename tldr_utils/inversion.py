@@ -172,18 +172,14 @@ def adversarial_perturbation(net, x, labels, epsilon: float):
     return (x + epsilon * grad.sign()).clamp(0, 1)
 
 
-def _check_perturbation(perturbation: str):
-    if perturbation not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {', '.join(PERTURBATIONS)}")
-
-
 def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
                shift: int = 0, perturbation: str = "random") -> dict[str, torch.Tensor]:
     """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p``."""
     unknown = sorted(set(weights) - set(TERMS))
     if unknown:
         raise ValueError(f"unknown loss term(s) {unknown}; valid: {', '.join(TERMS)}")
-    _check_perturbation(perturbation)
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {', '.join(PERTURBATIONS)}")
     on = {k for k, w in weights.items() if w}
     labels = p.argmax(1)
     with _BatchNormInputs(net) as bn:
@@ -228,7 +224,6 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
     share of the steps: the generator first learns the classes, then the priors
     shape them (without it the gradient-norm term can stall training at the start).
     """
-    _check_perturbation(perturbation)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     G = Generator(image_shape, num_classes, conditioning).to(device).train()
