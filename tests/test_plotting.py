@@ -23,3 +23,11 @@ def test_save_figure_writes_png_pdf_and_caption_and_repeats_byte_for_byte(tmp_pa
     assert first[2].read_text() == "A caption.\n"
     for one, other in zip(first, again):
         assert one.read_bytes() == other.read_bytes(), one.name
+
+
+def test_accuracy_by_class_draws_one_bar_per_class_at_its_height():
+    result = {"classes": ["a", "b", "c"], "evaluator_accuracy_by_class": [0.2, 0.9, 0.5],
+              "scores": {"evaluator_accuracy": 0.533}}
+    fig = plotting.accuracy_by_class({"toy": result, "toy2": result})
+    bars = fig.axes[0].patches
+    assert len(fig.axes) == 2 and [b.get_height() for b in bars] == [0.2, 0.9, 0.5]

@@ -49,3 +49,14 @@ def test_figure_table_sets_the_paper_loss_control_beside_our_loss_and_leaves_out
     assert "| mnist | inversion | ours | cnn | all | 0.6 |" in text
     assert "| mnist | inversion | paper only | cnn | all | 0.1 |" in text
     assert "0.42" not in text
+
+
+def test_figure_table_shows_variety_beside_that_of_real_images():
+    key = {"dataset": "mnist", "arch": "cnn", "method": "tldr", "train_size": "1000", "seed": 0, "evaluator": "vit"}
+    rows = pd.DataFrame([{**key, "metric": "evaluator_accuracy", "value": 0.7},
+                         {**key, "metric": "within_class_ssim", "value": 0.61},
+                         {"dataset": "mnist", "method": "real_test", "train_size": "all", "seed": 0,
+                          "metric": "within_class_ssim", "value": 0.55}])
+    text = report.tables(rows, "cpu")
+    assert "| mnist | tldr | ours | cnn | 1000 | 0.7 | 0.61 |" in text
+    assert "real mnist test images give 0.550" in text

@@ -67,7 +67,12 @@ def test_generator_run_on_rgb_images_with_every_tldr_term():
 def test_cached_generator_run_records_scores(runs):
     result = inversion.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
     assert result["images"].shape == (20, 1, 8, 8)
-    assert {r["metric"] for r in result["rows"]} == {"target_accuracy", "evaluator_accuracy"}
+    assert {(r["method"], r["metric"]) for r in result["rows"]} == {
+        ("tldr", "target_accuracy"), ("tldr", "evaluator_accuracy"), ("tldr", "within_class_ssim"),
+        ("real_test", "within_class_ssim")}
+    scores, by_class = result["scores"], result["evaluator_accuracy_by_class"]
+    assert len(by_class) == 10 and sum(by_class) / 10 == pytest.approx(scores["evaluator_accuracy"])
+    assert 0 < scores["within_class_ssim"] <= 1 and 0 < scores["real_within_class_ssim"] < 1
     assert (runs / "samples" / "tldr_digits.safetensors").exists()
     with pytest.raises(ValueError, match="'stepz'"):
         inversion.run("smoke", "tldr", "digits", {"stepz": 1})

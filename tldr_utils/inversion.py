@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import config, data, store, targets
+from . import config, data, metrics, store, targets
 from .models import Generator
 
 INVERSION_TERMS = ("kl", "ce", "cos", "ortho")
@@ -318,25 +318,35 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
 
     The samples' class is judged twice: by the target itself and by an
     independently trained evaluation classifier (another architecture, another
-    seed), so images that only fool the target do not count. Returns the
-    samples, their labels and class names, the generator's meta and tidy metric
-    rows. ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
-    (the ones the figures show).
+    seed), so images that only fool the target do not count; their variety is
+    the mean SSIM between samples of a class, beside the same for real test
+    images (row method ``real_test``). Returns the samples, their labels and
+    class names, the generator's meta, the scores, the evaluator's accuracy on
+    each class and tidy metric rows. ``save`` writes the samples to
+    ``runs/<profile>/samples/<method>_<dataset>`` (the ones the figures show).
     """
     cfg = config.settings(profile, METHODS[method], overrides)
     G, meta = get_generator(profile, method, dataset, overrides, trained_target)
     images, labels = sample(G, cfg.samples_per_class, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
     net, _ = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
     judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
+    judged = targets.predict(judge, images).argmax(1) == labels
+    real = data.load_dataset(dataset, "test")
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
-              "evaluator_accuracy": targets.accuracy(judge, images, labels), "evaluator": judge_meta["arch"],
-              "evaluator_real_accuracy": judge_meta["test_accuracy"]}
+              "evaluator_accuracy": judged.float().mean().item(), "evaluator": judge_meta["arch"],
+              "evaluator_real_accuracy": judge_meta["test_accuracy"],
+              # variety: recognisable samples that are all alike would still pass both judges
+              "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
+              "real_within_class_ssim": metrics.within_class_ssim(real.float(), real.labels, seed=cfg.seed)}
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
            "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed}
     rows = [{**key, "metric": k, "value": scores[k], "evaluator": judge_meta["arch"]}
-            for k in ("target_accuracy", "evaluator_accuracy")]
+            for k in ("target_accuracy", "evaluator_accuracy", "within_class_ssim")]
+    rows.append({"dataset": dataset, "method": "real_test", "train_size": "all", "seed": cfg.seed,
+                 "metric": "within_class_ssim", "value": scores["real_within_class_ssim"]})
     if save:
         path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
+    by_class = [judged[labels == k].float().mean().item() for k in range(G.num_classes)]
     return {"images": images, "labels": labels, "classes": data.load_dataset(dataset, "train").classes,
-            "meta": meta, "rows": rows, "scores": scores}
+            "meta": meta, "rows": rows, "scores": scores, "evaluator_accuracy_by_class": by_class}

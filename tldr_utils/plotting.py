@@ -54,6 +54,20 @@ def grid_blocks(blocks: dict[str, tuple], rows: int = 3):
     return fig
 
 
+def accuracy_by_class(results: dict[str, dict]):
+    """Bars of the evaluation classifier's accuracy on each class, one panel per dataset,
+    from ``inversion.run`` results: which classes the inversion recovers and which it misses."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 2.8), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        ax.bar(range(len(r["classes"])), r["evaluator_accuracy_by_class"], color="tab:blue")
+        ax.axhline(r["scores"]["evaluator_accuracy"], color="k", lw=1, ls="--", label="all classes")
+        ax.set_xticks(range(len(r["classes"])), r["classes"], rotation=45, ha="right")
+        ax.set(ylim=(0, 1), title=name, ylabel="evaluator accuracy")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, stem: str | Path, caption: str) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.pdf``, and its caption as ``stem.txt``."""
     stem = Path(stem)

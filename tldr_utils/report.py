@@ -54,17 +54,22 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         parts += ["**Target classifiers**: test accuracy by training-set size.",
                   _markdown(t.round(3).astype(object).where(t.notna(), "-"))]
     shown = m[m.setting.isin(LOSSES) & m.method.isin(["inversion", "tldr"])
-              & m.metric.isin(["target_accuracy", "evaluator_accuracy"])]
+              & m.metric.isin(["target_accuracy", "evaluator_accuracy", "within_class_ssim"])]
     if len(shown):
         t = shown.assign(loss=shown.setting.map(LOSSES)).pivot_table(
             index=["dataset", "method", "loss", "arch", "train_size"], columns="metric", values="value").reset_index()
         judges = ", ".join(f"`{a}`" for a in sorted(shown["evaluator"].dropna().unique()))
         seed = config.settings(profile, "train_targets").eval_seed
-        parts += ["**Figures 3-4**: share of samples assigned to their conditioned class by the target and by "
-                  f"the independent evaluation classifier ({judges}, seed {seed}; its accuracy on "
-                  "real test images is in its row above, the ceiling to compare with). Loss `paper only` is the control of "
-                  "`02_invert`: the paper's terms without our image priors, which the target accepts and the evaluator "
-                  "should not.", _markdown(t.round(3))]
+        text = ("**Figures 3-4**: share of samples assigned to their conditioned class by the target and by "
+                f"the independent evaluation classifier ({judges}, seed {seed}; its accuracy on "
+                "real test images is in its row above, the ceiling to compare with). Loss `paper only` is the control of "
+                "`02_invert`: the paper's terms without our image priors, which the target accepts and the evaluator "
+                "should not.")
+        if "within_class_ssim" in t.columns:
+            real = m[(m.method == "real_test") & (m.metric == "within_class_ssim")].groupby("dataset")["value"].first()
+            text += (" `within_class_ssim` is the mean SSIM between samples of one class: lower is more varied"
+                     + "".join(f"; real {d} test images give {v:.3f}" for d, v in real.items()) + ".")
+        parts += [text, _markdown(t.round(3))]
     leak = sweep[sweep.metric.isin(LEAKAGE) & ~sweep.method.str.startswith("tldr_without")]
     leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
                                                          ["seed"].transform("nunique") > 1)]
