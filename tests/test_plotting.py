@@ -26,8 +26,9 @@ def test_save_figure_writes_png_pdf_and_caption_and_repeats_byte_for_byte(tmp_pa
 
 
 def test_accuracy_by_class_draws_one_bar_per_class_at_its_height():
-    result = {"classes": ["a", "b", "c"], "evaluator_accuracy_by_class": [0.2, 0.9, 0.5],
-              "scores": {"evaluator_accuracy": 0.533}}
+    result = {"classes": ["a", "b", "c"], "evaluator_accuracy_by_class": {"samples": [0.2, 0.9, 0.5],
+                                                                         "real": [0.8, 1.0, 0.6]}}
     fig = plotting.accuracy_by_class({"toy": result, "toy2": result})
-    bars = fig.axes[0].patches
+    bars, (dots,) = fig.axes[0].patches, fig.axes[0].lines
     assert len(fig.axes) == 2 and [b.get_height() for b in bars] == [0.2, 0.9, 0.5]
+    assert list(dots.get_ydata()) == [0.8, 1.0, 0.6]

@@ -71,7 +71,8 @@ def test_cached_generator_run_records_scores(runs):
         ("tldr", "target_accuracy"), ("tldr", "evaluator_accuracy"), ("tldr", "within_class_ssim"),
         ("real_test", "within_class_ssim")}
     scores, by_class = result["scores"], result["evaluator_accuracy_by_class"]
-    assert len(by_class) == 10 and sum(by_class) / 10 == pytest.approx(scores["evaluator_accuracy"])
+    assert sum(by_class["samples"]) / 10 == pytest.approx(scores["evaluator_accuracy"])
+    assert len(by_class["real"]) == 10 and all(0 <= v <= 1 for v in by_class["real"])
     assert 0 < scores["within_class_ssim"] <= 1 and 0 < scores["real_within_class_ssim"] < 1
     assert (runs / "samples" / "tldr_digits.safetensors").exists()
     with pytest.raises(ValueError, match="'stepz'"):

@@ -322,7 +322,7 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     the mean SSIM between samples of a class, beside the same for real test
     images (row method ``real_test``). Returns the samples, their labels and
     class names, the generator's meta, the scores, the evaluator's accuracy on
-    each class and tidy metric rows. ``save`` writes the samples to
+    each class (of the samples, and of real test images) and tidy metric rows. ``save`` writes the samples to
     ``runs/<profile>/samples/<method>_<dataset>`` (the ones the figures show).
     """
     cfg = config.settings(profile, METHODS[method], overrides)
@@ -347,6 +347,8 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     if save:
         path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
-    by_class = [judged[labels == k].float().mean().item() for k in range(G.num_classes)]
+    real_judged = targets.predict(judge, real.float()).argmax(1) == real.labels
+    by_class = {name: [hits[truth == k].float().mean().item() for k in range(G.num_classes)]
+                for name, hits, truth in (("samples", judged, labels), ("real", real_judged, real.labels))}
     return {"images": images, "labels": labels, "classes": data.load_dataset(dataset, "train").classes,
             "meta": meta, "rows": rows, "scores": scores, "evaluator_accuracy_by_class": by_class}
