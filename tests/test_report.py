@@ -59,4 +59,4 @@ def test_figure_table_shows_variety_beside_that_of_real_images():
                           "metric": "within_class_ssim", "value": 0.55}])
     text = report.tables(rows, "cpu")
     assert "| mnist | tldr | ours | cnn | 1000 | 0.7 | 0.61 |" in text
-    assert "real mnist test images give 0.550" in text
+    assert "real test images give 0.550 (mnist)." in text

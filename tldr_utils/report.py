@@ -67,8 +67,9 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
                 "should not.")
         if "within_class_ssim" in t.columns:
             real = m[(m.method == "real_test") & (m.metric == "within_class_ssim")].groupby("dataset")["value"].first()
-            text += (" `within_class_ssim` is the mean SSIM between samples of one class: lower is more varied"
-                     + "".join(f"; real {d} test images give {v:.3f}" for d, v in real.items()) + ".")
+            text += (" `within_class_ssim` is the mean SSIM between two samples of one class, lower for more "
+                     "varied samples; real test images give "
+                     + ", ".join(f"{v:.3f} ({d})" for d, v in real.items()) + ".")
         parts += [text, _markdown(t.round(3))]
     leak = sweep[sweep.metric.isin(LEAKAGE) & ~sweep.method.str.startswith("tldr_without")]
     leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
