@@ -24,6 +24,7 @@ inversion may also borrow TLDR's ``ce_pert`` (zero in our profiles).
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -312,6 +313,18 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     return G, meta
 
 
+@functools.lru_cache(maxsize=None)
+def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: int) -> dict:
+    """What samples are compared with, measured once per run directory and dataset: the
+    evaluator's accuracy on real test images of each class, and their within-class SSIM."""
+    real = data.load_dataset(dataset, "test")
+    judge, _ = targets.get_evaluator(profile, dataset, target_arch)
+    hits = targets.predict(judge, real.float()).argmax(1) == real.labels
+    return {"evaluator_accuracy_by_class": [hits[real.labels == k].float().mean().item()
+                                            for k in range(len(real.classes))],
+            "within_class_ssim": metrics.within_class_ssim(real.float(), real.labels, seed=seed)}
+
+
 def run(profile: str, method: str, dataset: str, overrides: dict | None = None, trained_target: bool = True,
         save: bool = True) -> dict:
     """Train (or load) the generator, draw samples, score them, and save them.
@@ -322,8 +335,9 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     the mean SSIM between samples of a class, beside the same for real test
     images (row method ``real_test``). Returns the samples, their labels and
     class names, the generator's meta, the scores, the evaluator's accuracy on
-    each class (of the samples, and of real test images) and tidy metric rows. ``save`` writes the samples to
-    ``runs/<profile>/samples/<method>_<dataset>`` (the ones the figures show).
+    each class (of the samples, and of real test images) and tidy metric rows.
+    ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
+    (the ones the figures show).
     """
     cfg = config.settings(profile, METHODS[method], overrides)
     G, meta = get_generator(profile, method, dataset, overrides, trained_target)
@@ -331,13 +345,13 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     net, _ = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
     judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
     judged = targets.predict(judge, images).argmax(1) == labels
-    real = data.load_dataset(dataset, "test")
+    real = real_reference(config.run_dir(profile), profile, dataset, cfg.arch, cfg.seed)
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
               "evaluator_accuracy": judged.float().mean().item(), "evaluator": judge_meta["arch"],
               "evaluator_real_accuracy": judge_meta["test_accuracy"],
               # variety: recognisable samples that are all alike would still pass both judges
               "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
-              "real_within_class_ssim": metrics.within_class_ssim(real.float(), real.labels, seed=cfg.seed)}
+              "real_within_class_ssim": real["within_class_ssim"]}
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
            "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed}
     rows = [{**key, "metric": k, "value": scores[k], "evaluator": judge_meta["arch"]}
@@ -347,8 +361,7 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     if save:
         path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
-    real_judged = targets.predict(judge, real.float()).argmax(1) == real.labels
-    by_class = {name: [hits[truth == k].float().mean().item() for k in range(G.num_classes)]
-                for name, hits, truth in (("samples", judged, labels), ("real", real_judged, real.labels))}
+    by_class = {"samples": [judged[labels == k].float().mean().item() for k in range(G.num_classes)],
+                "real": real["evaluator_accuracy_by_class"]}
     return {"images": images, "labels": labels, "classes": data.load_dataset(dataset, "train").classes,
             "meta": meta, "rows": rows, "scores": scores, "evaluator_accuracy_by_class": by_class}
