@@ -78,10 +78,16 @@ def test_metrics_table_is_tidy_and_upserts(tmp_path):
     row = {"dataset": "mnist", "arch": "cnn", "method": "tldr", "train_size": 1000, "seed": 0, "metric": "acc"}
     store.record_metrics(path, [{**row, "value": 0.1}, {**row, "metric": "ssim", "value": 0.2}])
     table = store.record_metrics(path, [{**row, "value": 0.3}])
-    assert list(table.columns[:8]) == store.METRIC_KEYS + ["value"]
-    assert set(table.setting) == {"main"}  # the default when rows name none
+    assert list(table.columns[:9]) == store.METRIC_KEYS + ["value"]
+    assert set(table.setting) == {"main"} and set(table["class"]) == {""}  # the defaults when rows name none
     assert len(table) == 2 and table.query("metric == 'acc'")["value"].item() == 0.3
     assert len(pd.read_csv(path)) == 2
+    # per-class rows are rows of their own, and are replaced class by class
+    per_class = [{**row, "metric": "acc", "class": c, "value": v} for c, v in (("cat", 0.5), ("dog", 0.6))]
+    store.record_metrics(path, per_class)
+    table = store.record_metrics(path, [{**row, "metric": "acc", "class": "dog", "value": 0.7}])
+    assert len(table) == 4 and table.query("metric == 'acc' and `class` == ''")["value"].item() == 0.3
+    assert table.query("`class` == 'dog'")["value"].item() == 0.7
     with pytest.raises(ValueError, match="seed"):
         store.record_metrics(path, [{k: v for k, v in row.items() if k != "seed"} | {"value": 1}])
 

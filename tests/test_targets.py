@@ -69,9 +69,13 @@ def test_cached_generator_run_records_scores(runs):
     assert result["images"].shape == (20, 1, 8, 8)
     assert {(r["method"], r["metric"]) for r in result["rows"]} == {
         ("tldr", "target_accuracy"), ("tldr", "evaluator_accuracy"), ("tldr", "within_class_ssim"),
-        ("real_test", "within_class_ssim")}
+        ("real_test", "within_class_ssim"), ("tldr", "evaluator_accuracy_of_class"),
+        ("real_test", "evaluator_accuracy_of_class")}
     scores, by_class = result["scores"], result["evaluator_accuracy_by_class"]
     assert sum(by_class["samples"]) / 10 == pytest.approx(scores["evaluator_accuracy"])
+    per_class = {(r["method"], r["class"]): r["value"] for r in result["rows"] if "class" in r}
+    assert [per_class[("tldr", c)] for c in result["classes"]] == by_class["samples"]
+    assert [per_class[("real_test", c)] for c in result["classes"]] == by_class["real"]
     assert len(by_class["real"]) == 10 and all(0 <= v <= 1 for v in by_class["real"])
     assert 0 < scores["within_class_ssim"] <= 1 and 0 < scores["real_within_class_ssim"] < 1
     assert (runs / "samples" / "tldr_digits.safetensors").exists()

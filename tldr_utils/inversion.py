@@ -335,7 +335,8 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     the mean SSIM between samples of a class, beside the same for real test
     images (row method ``real_test``). Returns the samples, their labels and
     class names, the generator's meta, the scores, the evaluator's accuracy on
-    each class (of the samples, and of real test images) and tidy metric rows.
+    each class (of the samples, and of real test images) and tidy metric rows
+    (the per-class accuracies as metric ``evaluator_accuracy_of_class``, one row per class).
     ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
     (the ones the figures show).
     """
@@ -352,16 +353,19 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
               # variety: recognisable samples that are all alike would still pass both judges
               "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
               "real_within_class_ssim": real["within_class_ssim"]}
+    by_class = {"samples": [judged[labels == k].float().mean().item() for k in range(G.num_classes)],
+                "real": real["evaluator_accuracy_by_class"]}
+    classes = data.load_dataset(dataset, "train").classes
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
-           "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed}
-    rows = [{**key, "metric": k, "value": scores[k], "evaluator": judge_meta["arch"]}
-            for k in ("target_accuracy", "evaluator_accuracy", "within_class_ssim")]
-    rows.append({"dataset": dataset, "method": "real_test", "train_size": "all", "seed": cfg.seed,
-                 "metric": "within_class_ssim", "value": scores["real_within_class_ssim"]})
+           "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed, "evaluator": judge_meta["arch"]}
+    real_key = {"dataset": dataset, "method": "real_test", "train_size": "all", "seed": cfg.seed}
+    rows = [{**key, "metric": k, "value": scores[k]} for k in ("target_accuracy", "evaluator_accuracy", "within_class_ssim")]
+    rows.append({**real_key, "metric": "within_class_ssim", "value": scores["real_within_class_ssim"]})
+    for k, who in ((key, "samples"), ({**real_key, "evaluator": judge_meta["arch"]}, "real")):
+        rows += [{**k, "metric": "evaluator_accuracy_of_class", "class": c, "value": v}
+                 for c, v in zip(classes, by_class[who])]
     if save:
         path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
-    by_class = {"samples": [judged[labels == k].float().mean().item() for k in range(G.num_classes)],
-                "real": real["evaluator_accuracy_by_class"]}
-    return {"images": images, "labels": labels, "classes": data.load_dataset(dataset, "train").classes,
+    return {"images": images, "labels": labels, "classes": classes,
             "meta": meta, "rows": rows, "scores": scores, "evaluator_accuracy_by_class": by_class}

@@ -20,6 +20,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "membership_auc", "identifiability",
            "evaluator_accuracy"]
 LOSSES = {"main": "ours", "paper_loss": "paper only"}  # setting -> how the Figures 3-4 table names the loss
+EVALUATOR_BAR = 0.80  # share of samples the independent evaluator must recognise (the acceptance bar)
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -37,9 +38,83 @@ def _mean_ci(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {half:.3f}"
 
 
+def _span(values, fmt: str = "{:.3f}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)} to {fmt.format(hi)}"
+
+
+def findings(m: pd.DataFrame, profile: str) -> str:
+    """The headline numbers of a run as a short list, each computed from ``m`` (the tidy metrics)."""
+    main = m[(m.setting == "main") & m.method.isin(["inversion", "tldr"]) & (m["class"] == "")]
+    paper = m[(m.setting == "paper_loss") & (m["class"] == "")]
+    sweep = m[(m.setting == "sweep") & m.method.isin(["inversion", "tldr"])]
+    lines = []
+    if {"nn_ssim_gap", "membership_auc", "copying_z"} <= set(sweep.metric):
+        means = sweep.groupby(["method", "train_size", "metric"])["value"].mean()
+        held = m[(m.setting == "sweep") & (m.method == "control_heldout") & (m.metric == "copying_z")]
+        held = held.groupby("train_size")["value"].mean()
+        sizes = ", ".join(sorted(sweep.train_size.unique(), key=lambda v: (v == "all", len(v), v)))
+        lines.append(f"**Leakage** (`04_evaluate`: {' and '.join(sorted(sweep.method.unique()))}, training-set sizes "
+                     f"{sizes}, {sweep.seed.nunique()} seeds; means over seeds): SSIM gap "
+                     f"{_span(means.xs('nn_ssim_gap', level='metric'), '{:+.3f}')}, membership AUC "
+                     f"{_span(means.xs('membership_auc', level='metric'))}, copying Z "
+                     f"{_span(means.xs('copying_z', level='metric'), '{:+.1f}')}"
+                     + (f" (real held-out images: {_span(held, '{:+.1f}')})" if len(held) else "") + ".")
+    if {"target_accuracy", "evaluator_accuracy"} <= set(main.metric):
+        acc = main.pivot_table(index=["dataset", "method"], columns="metric", values="value")
+        judges = m[(m.method == "target") & (m.metric == "test_accuracy")]
+        seed = config.settings(profile, "train_targets").eval_seed
+        judge = main["evaluator"].dropna().iloc[0]  # inversion.run records it with every score
+        real = judges[(judges.arch == judge) & (judges.seed.astype(int) == seed)].groupby("dataset")["value"].first()
+        passed = int((acc["evaluator_accuracy"] >= EVALUATOR_BAR).sum())
+        text = (f"**Recognisable** (Figures 3-4, {len(acc)} generators): the target puts "
+                f"{_span(acc['target_accuracy'], '{:.1%}')} of samples in their class, the evaluator (`{judge}`"
+                + "".join(f", {v:.1%} on real {d}" for d, v in real.items())
+                + f") {_span(acc['evaluator_accuracy'], '{:.1%}')}; {passed} of {len(acc)} reach "
+                f"{EVALUATOR_BAR:.0%}.")
+        control = paper[paper.metric.isin(["target_accuracy", "evaluator_accuracy"])]
+        if set(control.metric) == {"target_accuracy", "evaluator_accuracy"}:
+            c = control.groupby("metric")["value"]
+            text += (f" The paper-loss control: target {_span(c.get_group('target_accuracy'), '{:.1%}')}, "
+                     f"evaluator {_span(c.get_group('evaluator_accuracy'), '{:.1%}')}.")
+        lines.append(text)
+        if "within_class_ssim" in acc.columns:
+            real_ssim = m[(m.method == "real_test") & (m.metric == "within_class_ssim")].groupby("dataset")["value"].first()
+            control_ssim = paper[paper.metric == "within_class_ssim"].groupby("dataset")["value"].first()
+            per = []
+            for d, v in acc["within_class_ssim"].groupby(level="dataset"):
+                extra = [f"real test images {real_ssim[d]:.3f}"] if d in real_ssim else []
+                extra += [f"paper-loss control {control_ssim[d]:.3f}"] if d in control_ssim else []
+                per.append(f"{d} {_span(v)}" + (f" ({', '.join(extra)})" if extra else ""))
+            lines.append("**Varied** (within-class SSIM, lower is more varied): " + "; ".join(per) + ".")
+    by_class = m[(m.metric == "evaluator_accuracy_of_class") & m.setting.eq("main")]
+    if len(by_class):
+        real = by_class[by_class.method == "real_test"].set_index(["dataset", "class"])["value"]
+        least = []
+        for (d, method), g in by_class[by_class.method != "real_test"].groupby(["dataset", "method"]):
+            worst = g.nsmallest(3, "value")
+            least.append(f"{d} {method}: " + ", ".join(
+                f"{c} {v:.0%}" + (f" (real {real[(d, c)]:.0%})" if (d, c) in real.index else "")
+                for c, v in zip(worst["class"], worst["value"])))
+        lines.append("**Least recognised classes** (evaluator's share of samples; of real test images): "
+                     + "; ".join(least) + ".")
+    abl = m[(m.setting == "sweep") & (m.metric == "evaluator_accuracy")
+            & m.method.str.match(r"tldr(_without_.*)?$")]
+    drop = abl[abl.method.str.startswith("tldr_without")]
+    if len(drop):
+        abl = abl.merge(drop[["train_size", "seed"]].drop_duplicates(), on=["train_size", "seed"])
+        share = abl.set_index("method")["value"]
+        moves = (share.drop("tldr") - share["tldr"]).sort_values()
+        lines.append(f"**Ablation** (evaluator's share, all terms {share['tldr']:.1%}): largest drop without "
+                     f"`{moves.index[0].removeprefix('tldr_without_')}` ({share[moves.index[0]]:.1%}); every other "
+                     f"term moves it by {_span(moves.iloc[1:] * 100, '{:+.1f}')} points.")
+    return "\n".join(f"- {line}" for line in lines)
+
+
 def tables(metrics: pd.DataFrame, profile: str) -> str:
     m = metrics.copy()
     m["setting"] = m["setting"].fillna("main") if "setting" in m.columns else "main"
+    m["class"] = m["class"].fillna("") if "class" in m.columns else ""
     main, sweep = m[m.setting == "main"], m[m.setting == "sweep"]
     parts = [f"Profile `{profile}`; every number below comes from `runs/{profile}/metrics.csv` "
              f"(a copy is `figures/metrics.csv`)."]
@@ -47,6 +122,9 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     if seconds.exists():
         parts[0] += (f" The last `make figures` ran its notebooks in {int(seconds.read_text()) / 60:.0f} minutes "
                      "(checkpoints cached by an earlier run are reused, so a rerun takes less).")
+    summary = findings(m, profile)
+    if summary:
+        parts.append("**In numbers**:\n\n" + summary)
     acc = main[(main.method == "target") & (main.metric == "test_accuracy")]
     if len(acc):
         t = acc.pivot_table(index=["dataset", "arch", "seed"], columns="train_size", values="value").reset_index()

@@ -22,9 +22,11 @@ from safetensors.torch import load_file, save_file
 
 from .config import ROOT
 
-METRIC_KEYS = ["dataset", "arch", "method", "train_size", "seed", "metric", "setting"]
+METRIC_KEYS = ["dataset", "arch", "method", "train_size", "seed", "metric", "class", "setting"]
+# "class" names the class a per-class metric is about (empty for the others);
 # "setting" tells runs of one method apart: "main" for the generators of Figures 3-5,
 # "sweep" for the cheaper ones of the leakage sweep in 04_evaluate.
+DEFAULT_KEYS = {"class": "", "setting": "main"}  # what rows that leave these out mean
 
 
 @contextlib.contextmanager
@@ -109,14 +111,17 @@ def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
     updates its numbers instead of duplicating them.
     """
     new = pd.DataFrame(rows)
-    new["setting"] = new["setting"].fillna("main") if "setting" in new.columns else "main"
+    for k, default in DEFAULT_KEYS.items():
+        new[k] = new[k].fillna(default) if k in new.columns else default
     missing = [k for k in METRIC_KEYS + ["value"] if k not in new.columns]
     if missing:
         raise ValueError(f"metric rows lack column(s) {missing}; each needs {METRIC_KEYS + ['value']}")
     new["train_size"] = new["train_size"].astype(str)
     path = Path(path)
     old = pd.read_csv(path, dtype={"train_size": str}) if path.exists() else new.iloc[:0]
-    table = pd.concat([old, new], ignore_index=True).drop_duplicates(METRIC_KEYS, keep="last")
+    table = pd.concat([old, new], ignore_index=True)
+    table["class"] = table["class"].fillna("")  # read back from the CSV as missing; also absent from older files
+    table = table.drop_duplicates(METRIC_KEYS, keep="last")
     table = table.sort_values(METRIC_KEYS, kind="stable").reset_index(drop=True)
     table = table[METRIC_KEYS + ["value"] + [c for c in table.columns if c not in METRIC_KEYS + ["value"]]]
     with atomic_path(path) as tmp:
