@@ -34,6 +34,11 @@ def test_a_larger_soft_scale_gives_a_clearer_winner():
         top2 = p.topk(2, 1).values
         margin[scale] = (top2[:, 0] - top2[:, 1]).mean().item()
     assert margin[4.0] > margin[2.0] + 0.1
+    # at the default scale, what the README says: the class's entry averages 0.93, one vector in five puts < 0.9 on it
+    labels = torch.arange(10).repeat(2000)
+    p = inversion.conditions(labels, 10, hot=False, generator=torch.Generator().manual_seed(1))
+    own = p.gather(1, labels[:, None]).flatten()
+    assert inversion.SOFT_SCALE == 16.0 and 0.92 < own.mean() < 0.945 and 0.17 < (own < 0.9).float().mean() < 0.24
 
 
 def test_cosine_term_with_labels_counts_only_pairs_of_one_class():

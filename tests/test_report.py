@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import pytest
 
@@ -77,3 +79,14 @@ def test_findings_count_the_blocks_that_pass_and_name_the_weakest_classes_and_te
     assert "mnist tldr: b 20% (real 90%), d 40% (real 70%), c 50% (real 80%)." in text
     assert "largest drop without `bn` (20.0%); every other term moves it by -5.0 to +5.0 points." in text
     assert "Leakage" not in text  # no sweep of inversion and tldr over sizes and seeds in these rows: no claim
+
+
+def test_run_time_is_read_from_the_executed_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLDR_RUNS", str(tmp_path))
+    notebooks = tmp_path / "cpu" / "notebooks"
+    notebooks.mkdir(parents=True)
+    for name, seconds in (("01_train_targets", 600), ("02_invert", 90)):
+        (notebooks / f"{name}.ipynb").write_text(json.dumps({"metadata": {"papermill": {"duration": seconds}}}))
+    (tmp_path / "cpu" / "figures_seconds.txt").write_text("700")
+    text = report.tables(_rows(), "cpu")
+    assert "ran its notebooks in 12 minutes (01 10.0 + 02 1.5);" in text

@@ -7,6 +7,7 @@ between the ``results`` markers; nothing in those tables is typed by hand.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,16 @@ def _mean_ci(values: pd.Series) -> str:
         return f"{values.mean():.3f}"
     half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
     return f"{values.mean():.3f} ± {half:.3f}"
+
+
+def notebook_minutes(profile: str) -> str:
+    """How long each executed notebook of the run took in minutes, as papermill recorded it: " (01 12.6 + 02 6.0 ...)"."""
+    times = []
+    for nb in sorted((config.run_dir(profile) / "notebooks").glob("*.ipynb")):
+        duration = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration")
+        if duration:
+            times.append(f"{nb.name[:2]} {duration / 60:.1f}")
+    return f" ({' + '.join(times)})" if times else ""
 
 
 def _span(values, fmt: str = "{:.3f}") -> str:
@@ -117,11 +128,12 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     m["class"] = m["class"].fillna("") if "class" in m.columns else ""
     main, sweep = m[m.setting == "main"], m[m.setting == "sweep"]
     parts = [f"Profile `{profile}`; every number below comes from `runs/{profile}/metrics.csv` "
-             f"(a copy is `figures/metrics.csv`)."]
+             f"(a copy is `figures/metrics.csv`), the times from the executed notebooks in `runs/{profile}/notebooks/`."]
     seconds = config.run_dir(profile) / "figures_seconds.txt"
     if seconds.exists():
-        parts[0] += (f" The last `make figures` ran its notebooks in {int(seconds.read_text()) / 60:.0f} minutes "
-                     "(checkpoints cached by an earlier run are reused, so a rerun takes less).")
+        parts[0] += (f" The last `make figures` ran its notebooks in {int(seconds.read_text()) / 60:.0f} minutes"
+                     f"{notebook_minutes(profile)}; checkpoints cached by an earlier run are reused, so a rerun "
+                     "takes less.")
     summary = findings(m, profile)
     if summary:
         parts.append("**In numbers**:\n\n" + summary)
