@@ -1,4 +1,4 @@
-"""Figures are saved with their caption, and identically when nothing changed."""
+"""Figures are saved with their caption, and identically when nothing changed; the charts draw their data."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
 from tldr_utils import plotting  # noqa: E402
 
@@ -32,3 +33,12 @@ def test_accuracy_by_class_draws_one_bar_per_class_at_its_height():
     bars, (dots,) = fig.axes[0].patches, fig.axes[0].lines
     assert len(fig.axes) == 2 and [b.get_height() for b in bars] == [0.2, 0.9, 0.5]
     assert list(dots.get_ydata()) == [0.8, 1.0, 0.6]
+
+
+def test_evaluator_confusion_shows_where_each_class_goes():
+    result = {"classes": ["a", "b"], "labels": torch.tensor([0, 0, 0, 0, 1, 1]),
+              "evaluator_predictions": torch.tensor([0, 0, 0, 1, 1, 1])}
+    fig = plotting.evaluator_confusion({"toy": result})
+    mesh = fig.axes[0].collections[0]
+    assert mesh.get_array().reshape(2, 2).tolist() == [[0.75, 0.25], [0.0, 1.0]]
+    assert sorted(t.get_text() for t in fig.axes[0].texts if t.get_text()) == ["100%", "25%", "75%"]  # 0% left blank

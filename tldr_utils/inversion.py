@@ -335,7 +335,8 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     the mean SSIM between samples of a class, beside the same for real test
     images (row method ``real_test``). Returns the samples, their labels and
     class names, the generator's meta, the scores, the evaluator's accuracy on
-    each class (of the samples, and of real test images) and tidy metric rows
+    each class (of the samples, and of real test images), the class it gives
+    each sample, and tidy metric rows
     (the per-class accuracies as metric ``evaluator_accuracy_of_class``, one row per class).
     ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
     (the ones the figures show).
@@ -345,7 +346,8 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     images, labels = sample(G, cfg.samples_per_class, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
     net, _ = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
     judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
-    judged = targets.predict(judge, images).argmax(1) == labels
+    predicted = targets.predict(judge, images).argmax(1)
+    judged = predicted == labels
     real = real_reference(config.run_dir(profile), profile, dataset, cfg.arch, cfg.seed)
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
               "evaluator_accuracy": judged.float().mean().item(), "evaluator": judge_meta["arch"],
@@ -367,5 +369,5 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     if save:
         path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
-    return {"images": images, "labels": labels, "classes": classes,
-            "meta": meta, "rows": rows, "scores": scores, "evaluator_accuracy_by_class": by_class}
+    return {"images": images, "labels": labels, "classes": classes, "meta": meta, "rows": rows, "scores": scores,
+            "evaluator_accuracy_by_class": by_class, "evaluator_predictions": predicted}

@@ -71,6 +71,25 @@ def accuracy_by_class(results: dict[str, dict]):
     return fig
 
 
+def evaluator_confusion(results: dict[str, dict]):
+    """Where the evaluator puts the samples of each class: one heat map per dataset, rows the
+    conditioned class, columns the evaluator's answer, each row's shares summing to one (shares
+    under 5% are left blank). Misses that go to a look-alike class read differently from misses
+    spread over every class."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.6), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        K = len(r["classes"])
+        counts = torch.zeros(K, K).index_put_((r["labels"], r["evaluator_predictions"]), torch.ones(len(r["labels"])),
+                                              accumulate=True)
+        share = (counts / counts.sum(1, keepdim=True).clamp(min=1)).numpy()
+        text = np.where(share >= 0.05, np.vectorize("{:.0%}".format)(share), "")
+        sns.heatmap(share, ax=ax, vmin=0, vmax=1, cmap="Blues", annot=text, fmt="", annot_kws={"fontsize": 6},
+                    xticklabels=r["classes"], yticklabels=r["classes"], cbar=False, square=True)
+        ax.set(title=name, xlabel="evaluator's class", ylabel="conditioned class")
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, stem: str | Path, caption: str) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.pdf``, and its caption as ``stem.txt``."""
     stem = Path(stem)
