@@ -90,3 +90,9 @@ def test_run_time_is_read_from_the_executed_notebooks(tmp_path, monkeypatch):
     (tmp_path / "cpu" / "figures_seconds.txt").write_text("700")
     text = report.tables(_rows(), "cpu")
     assert "ran its notebooks in 12 minutes (01 10.0 + 02 1.5);" in text
+
+
+def test_spans_print_one_value_when_both_ends_agree_and_no_negative_zero():
+    assert report._span([0.571, 0.7224], "{:.1%}") == "57.1% to 72.2%"
+    assert report._span([0.5004, 0.4996]) == "0.500"
+    assert report._span([-0.0001, 0.0012], "{:+.3f}") == "+0.000 to +0.001"  # not "-0.000"

@@ -50,8 +50,13 @@ def notebook_minutes(profile: str) -> str:
 
 
 def _span(values, fmt: str = "{:.3f}") -> str:
-    lo, hi = min(values), max(values)
-    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)} to {fmt.format(hi)}"
+    """"lo to hi" of ``values`` in ``fmt``, or one value when both print alike."""
+    def show(v):
+        text = fmt.format(v)
+        return fmt.format(0.0) if float(text.strip("%")) == 0 else text  # a tiny negative prints as zero, not "-0.000"
+
+    lo, hi = show(min(values)), show(max(values))
+    return lo if lo == hi else f"{lo} to {hi}"
 
 
 def findings(m: pd.DataFrame, profile: str) -> str:
