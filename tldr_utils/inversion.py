@@ -313,6 +313,11 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     return G, meta
 
 
+def _share_by_class(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """The share of ``hits`` among the images of each class."""
+    return [hits[labels == k].float().mean().item() for k in range(num_classes)]
+
+
 @functools.lru_cache(maxsize=None)
 def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: int) -> dict:
     """What samples are compared with, measured once per run directory and dataset: the
@@ -320,8 +325,7 @@ def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: 
     real = data.load_dataset(dataset, "test")
     judge, _ = targets.get_evaluator(profile, dataset, target_arch)
     hits = targets.predict(judge, real.float()).argmax(1) == real.labels
-    return {"evaluator_accuracy_by_class": [hits[real.labels == k].float().mean().item()
-                                            for k in range(len(real.classes))],
+    return {"evaluator_accuracy_by_class": _share_by_class(hits, real.labels, len(real.classes)),
             "within_class_ssim": metrics.within_class_ssim(real.float(), real.labels, seed=seed)}
 
 
@@ -336,8 +340,8 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     images (row method ``real_test``). Returns the samples, their labels and
     class names, the generator's meta, the scores, the evaluator's accuracy on
     each class (of the samples, and of real test images), the class it gives
-    each sample, and tidy metric rows
-    (the per-class accuracies as metric ``evaluator_accuracy_of_class``, one row per class).
+    each sample, and tidy metric rows (the per-class accuracies as metric
+    ``evaluator_accuracy_of_class``, one row per class).
     ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
     (the ones the figures show).
     """
@@ -355,8 +359,7 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
               # variety: recognisable samples that are all alike would still pass both judges
               "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
               "real_within_class_ssim": real["within_class_ssim"]}
-    by_class = {"samples": [judged[labels == k].float().mean().item() for k in range(G.num_classes)],
-                "real": real["evaluator_accuracy_by_class"]}
+    by_class = {"samples": _share_by_class(judged, labels, G.num_classes), "real": real["evaluator_accuracy_by_class"]}
     classes = data.load_dataset(dataset, "train").classes
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
            "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed, "evaluator": judge_meta["arch"]}

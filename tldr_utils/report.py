@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import config
-from .store import atomic_path
+from . import config, store
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "membership_auc", "identifiability",
@@ -59,6 +58,11 @@ def _span(values, fmt: str = "{:.3f}") -> str:
     return lo if lo == hi else f"{lo} to {hi}"
 
 
+def _real_within_class_ssim(m: pd.DataFrame) -> pd.Series:
+    """Per dataset, the within-class SSIM of real test images (what samples' variety is compared with)."""
+    return m[(m.method == "real_test") & (m.metric == "within_class_ssim")].groupby("dataset")["value"].first()
+
+
 def findings(m: pd.DataFrame, profile: str) -> str:
     """The headline numbers of a run as a short list, each computed from ``m`` (the tidy metrics)."""
     main = m[(m.setting == "main") & m.method.isin(["inversion", "tldr"]) & (m["class"] == "")]
@@ -95,7 +99,7 @@ def findings(m: pd.DataFrame, profile: str) -> str:
                      f"evaluator {_span(c.get_group('evaluator_accuracy'), '{:.1%}')}.")
         lines.append(text)
         if "within_class_ssim" in acc.columns:
-            real_ssim = m[(m.method == "real_test") & (m.metric == "within_class_ssim")].groupby("dataset")["value"].first()
+            real_ssim = _real_within_class_ssim(m)
             control_ssim = paper[paper.metric == "within_class_ssim"].groupby("dataset")["value"].first()
             per = []
             for d, v in acc["within_class_ssim"].groupby(level="dataset"):
@@ -128,9 +132,7 @@ def findings(m: pd.DataFrame, profile: str) -> str:
 
 
 def tables(metrics: pd.DataFrame, profile: str) -> str:
-    m = metrics.copy()
-    m["setting"] = m["setting"].fillna("main") if "setting" in m.columns else "main"
-    m["class"] = m["class"].fillna("") if "class" in m.columns else ""
+    m = store.fill_default_keys(metrics)
     main, sweep = m[m.setting == "main"], m[m.setting == "sweep"]
     parts = [f"Profile `{profile}`; every number below comes from `runs/{profile}/metrics.csv` "
              f"(a copy is `figures/metrics.csv`), the times from the executed notebooks in `runs/{profile}/notebooks/`."]
@@ -161,7 +163,7 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
                 "`02_invert`: the paper's terms without our image priors, which the target accepts and the evaluator "
                 "should not.")
         if "within_class_ssim" in t.columns:
-            real = m[(m.method == "real_test") & (m.metric == "within_class_ssim")].groupby("dataset")["value"].first()
+            real = _real_within_class_ssim(m)
             text += (" `within_class_ssim` is the mean SSIM between two samples of one class, lower for more "
                      "varied samples; real test images give "
                      + ", ".join(f"{v:.3f} ({d})" for d, v in real.items()) + ".")
@@ -197,7 +199,7 @@ def update_readme(profile: str, readme: Path = config.ROOT / "README.md") -> Non
         raise ValueError(f"{readme} lacks the markers {START} and {END} around the results")
     body = tables(pd.read_csv(path, dtype={"train_size": str}), profile)
     head, rest = text.split(START, 1)
-    with atomic_path(readme) as tmp:
+    with store.atomic_path(readme) as tmp:
         tmp.write_text(head + START + "\n" + body + "\n" + END + rest.split(END, 1)[1])
 
 

@@ -29,6 +29,14 @@ METRIC_KEYS = ["dataset", "arch", "method", "train_size", "seed", "metric", "cla
 DEFAULT_KEYS = {"class": "", "setting": "main"}  # what rows that leave these out mean
 
 
+def fill_default_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the ``DEFAULT_KEYS`` filled in where rows (or a whole older file) leave them out."""
+    frame = frame.copy()
+    for k, default in DEFAULT_KEYS.items():
+        frame[k] = frame[k].fillna(default) if k in frame.columns else default
+    return frame
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path; on success it replaces ``path``, on failure it vanishes."""
@@ -110,18 +118,15 @@ def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
     A row replaces an earlier one with the same keys, so re-running a notebook
     updates its numbers instead of duplicating them.
     """
-    new = pd.DataFrame(rows)
-    for k, default in DEFAULT_KEYS.items():
-        new[k] = new[k].fillna(default) if k in new.columns else default
+    new = fill_default_keys(pd.DataFrame(rows))
     missing = [k for k in METRIC_KEYS + ["value"] if k not in new.columns]
     if missing:
         raise ValueError(f"metric rows lack column(s) {missing}; each needs {METRIC_KEYS + ['value']}")
     new["train_size"] = new["train_size"].astype(str)
     path = Path(path)
     old = pd.read_csv(path, dtype={"train_size": str}) if path.exists() else new.iloc[:0]
-    table = pd.concat([old, new], ignore_index=True)
-    table["class"] = table["class"].fillna("")  # read back from the CSV as missing; also absent from older files
-    table = table.drop_duplicates(METRIC_KEYS, keep="last")
+    # an empty class reads back from the CSV as missing, and older files lack the column
+    table = fill_default_keys(pd.concat([old, new], ignore_index=True)).drop_duplicates(METRIC_KEYS, keep="last")
     table = table.sort_values(METRIC_KEYS, kind="stable").reset_index(drop=True)
     table = table[METRIC_KEYS + ["value"] + [c for c in table.columns if c not in METRIC_KEYS + ["value"]]]
     with atomic_path(path) as tmp:
