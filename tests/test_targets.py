@@ -43,6 +43,39 @@ def test_evaluator_is_another_architecture_and_seed():
     assert targets.get_evaluator_arch("cpu", "vit") != "vit"
 
 
+def test_random_shift_moves_each_image_by_its_own_offset_within_bounds():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one bright pixel in the centre
+    moved = targets.random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape and torch.equal(moved.sum((1, 2, 3)), x.sum((1, 2, 3)))  # zero fill, nothing lost
+    where = moved[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 9, where % 9
+    assert rows.min() >= 2 and rows.max() <= 6 and cols.min() >= 2 and cols.max() <= 6
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # per image, not one move for the batch
+    assert torch.equal(targets.random_shift(x, 0), x)
+
+
+def test_evaluator_is_trained_with_its_own_steps_and_shifts(runs):
+    _, meta = targets.get_evaluator("smoke", "digits", "cnn")
+    cfg = config.settings("smoke", "train_targets")
+    assert (meta["arch"], meta["seed"], meta["steps"], meta["shift"]) == ("vit", cfg.eval_seed, cfg.eval_steps,
+                                                                          cfg.eval_shift)
+    _, plain = targets.get_target("smoke", "digits", "vit", None, cfg.eval_seed)
+    assert "shift" not in plain  # unaugmented targets keep their settings and cache names
+    assert len(list((runs / "targets").glob("digits_vit_nall_s1_*.safetensors"))) == 2
+
+
+def test_shift_augmentation_changes_training():
+    x, y = torch.rand(32, 1, 8, 8), torch.arange(32) % 10
+    trained = []
+    for shift in (0, 2):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        targets.train_classifier(net, x, y, 5, 8, 0.1, 0, shift=shift)
+        trained.append(net[1].weight.detach().clone())
+    assert not torch.allclose(*trained)
+
+
 def test_unbalanced_training_size_is_refused(runs):
     with pytest.raises(ValueError, match="size 105 must be a positive multiple of the 10 classes"):
         targets.get_target("smoke", "digits", "mlp", 105)

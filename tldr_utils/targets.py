@@ -19,9 +19,23 @@ from . import config, data, store
 from .models import ARCHS, build_classifier
 
 
+def random_shift(images: torch.Tensor, pixels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image moved by its own random offset of up to ``pixels`` in each direction, the
+    uncovered border filled with zeros (the background of every dataset here)."""
+    if not pixels:
+        return images
+    n, c, h, w = images.shape
+    padded = F.pad(images, (pixels,) * 4)
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+
+
 def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, lr: float,
-                     seed: int, device="cpu", desc: str = "train") -> list[float]:
-    """Adam with cosine decay for ``steps`` minibatches of shuffled ``images`` in [0, 1]."""
+                     seed: int, device="cpu", desc: str = "train", shift: int = 0) -> list[float]:
+    """Adam with cosine decay for ``steps`` minibatches of shuffled ``images`` in [0, 1],
+    each image moved by up to ``shift`` pixels (``random_shift``) when ``shift`` is nonzero."""
     gen = torch.Generator().manual_seed(seed)
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -33,7 +47,7 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int
             order, pos = torch.randperm(len(images), generator=gen), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
-        loss = F.cross_entropy(net(images[idx].to(device)), labels[idx].to(device))
+        loss = F.cross_entropy(net(random_shift(images[idx], shift, gen).to(device)), labels[idx].to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {lr})")
         opt.zero_grad(set_to_none=True)
@@ -68,20 +82,24 @@ def training_indices(train: data.ImageSet, train_size: int | None, seed: int) ->
 
 
 def get_target(profile: str, dataset: str, arch: str, train_size: int | None = None, seed: int = 0,
-               trained: bool = True):
+               trained: bool = True, steps: int | None = None, shift: int = 0):
     """The target classifier for these choices, trained now if not cached.
 
     Returns ``(net, meta)``; ``meta`` holds the settings, training-set size,
     train and test accuracy, data provenance and training time.
     ``trained=False`` gives the untrained control: same architecture, random weights.
+    ``steps`` (default: the profile's) and ``shift`` (augmentation, see ``train_classifier``)
+    are for the evaluation classifier, which is trained longer and on shifted images.
     """
     cfg = config.settings(profile, "train_targets")
     train = data.load_dataset(dataset, "train")
     test = data.load_dataset(dataset, "test")
     idx = training_indices(train, train_size, seed)
-    steps = cfg.steps if trained else 0
+    steps = (cfg.steps if steps is None else steps) if trained else 0
     spec = {"dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed, "steps": steps,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "data_sha256": train.provenance()["sha256"]}
+    if shift:  # only then, so that unaugmented targets keep their cache names
+        spec["shift"] = shift
     name = f"{dataset}_{arch}_n{size_label(train_size)}_s{seed}_{store.config_hash(spec)}"
     path = config.run_dir(profile) / "targets" / f"{name}.safetensors"
     torch.manual_seed(seed)
@@ -92,7 +110,7 @@ def get_target(profile: str, dataset: str, arch: str, train_size: int | None = N
     x, y = train.float()[idx], train.labels[idx]
     start = time.time()
     desc = f"{dataset}/{arch}/n={len(idx)}/seed={seed}"
-    train_classifier(net, x, y, steps, cfg.batch_size, cfg.lr, seed, device, desc)
+    train_classifier(net, x, y, steps, cfg.batch_size, cfg.lr, seed, device, desc, shift)
     eval_n = min(len(x), 10000)
     meta = {**spec, "n_train": len(idx), "seconds": round(time.time() - start, 1),
             "train_accuracy": accuracy(net, x[:eval_n], y[:eval_n], device),
@@ -111,6 +129,12 @@ def get_evaluator_arch(profile: str, target_arch: str) -> str:
 
 
 def get_evaluator(profile: str, dataset: str, target_arch: str):
-    """An independent judge of reconstructions: another architecture, another seed, all the data."""
+    """An independent judge of reconstructions: another architecture, another seed, all the data.
+
+    It is trained for ``eval_steps`` on images moved by up to ``eval_shift`` pixels: the
+    generators are trained to hold their class under such moves (their ``shift``), so
+    where a sample sits within a few pixels is arbitrary, and a judge that is not
+    tolerant of it would score placement rather than content."""
     cfg = config.settings(profile, "train_targets")
-    return get_target(profile, dataset, get_evaluator_arch(profile, target_arch), None, cfg.eval_seed)
+    return get_target(profile, dataset, get_evaluator_arch(profile, target_arch), None, cfg.eval_seed,
+                      steps=cfg.eval_steps, shift=cfg.eval_shift)
