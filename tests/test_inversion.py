@@ -194,6 +194,31 @@ def test_sample_gives_every_class_in_order():
     assert torch.equal(images, inversion.sample(G, 3, seed=4)[0])
 
 
+def test_oversampling_keeps_the_draws_the_target_is_most_confident_in():
+    G, _ = _tiny_generator({"ce": 1.0})
+    torch.manual_seed(0)
+    judge = build_classifier("mlp", (1, 8, 8)).eval()
+    draws, draw_labels = inversion.sample(G, 12, seed=4)
+    images, labels = inversion.sample(G, 3, seed=4, target=judge, oversample=4)
+    assert images.shape == (30, 1, 8, 8)
+    assert torch.equal(labels, torch.arange(10).repeat_interleave(3))
+    with torch.no_grad():
+        log_p = torch.log_softmax(judge(draws), 1)[torch.arange(len(draw_labels)), draw_labels]
+    for k in range(10):  # the kept images are the top 3 of the class's 12 draws, no other
+        best = log_p[draw_labels == k].topk(3).indices.sort().values
+        assert torch.equal(images[labels == k], draws[draw_labels == k][best])
+    assert torch.equal(inversion.sample(G, 3, seed=4, target=judge, oversample=1)[0],
+                       inversion.sample(G, 3, seed=4)[0])
+
+
+def test_oversampling_needs_a_target_and_a_whole_factor():
+    G, _ = _tiny_generator({"ce": 1.0})
+    with pytest.raises(ValueError, match="needs the target"):
+        inversion.sample(G, 3, oversample=2)
+    with pytest.raises(ValueError, match="whole number"):
+        inversion.sample(G, 3, oversample=0)
+
+
 def test_robustness_weight_in_training_makes_samples_survive_the_worst_step(net):
     def attacked_ce(weights):
         G, _ = inversion.train_generator(net, (1, 16, 16), 10, weights, steps=30, batch_size=16, lr=3e-3,

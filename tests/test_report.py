@@ -81,6 +81,20 @@ def test_findings_count_the_blocks_that_pass_and_name_the_weakest_classes_and_te
     assert "Leakage" not in text  # no sweep of inversion and tldr over sizes and seeds in these rows: no claim
 
 
+def test_findings_set_the_selected_samples_beside_the_unselected_draws():
+    key = {"arch": "cnn", "train_size": "1000", "seed": 0, "evaluator": "vit", "setting": "main", "method": "tldr"}
+    rows = [{**key, "dataset": d, "metric": m, "value": v}
+            for d, values in (("mnist", (0.86, 0.74, 0.62, 0.60)), ("fashion_mnist", (0.81, 0.78, 0.45, 0.43)))
+            for m, v in zip(("evaluator_accuracy", "evaluator_accuracy_unselected",
+                             "within_class_ssim", "within_class_ssim_unselected"), values)]
+    rows += [{**key, "dataset": d, "metric": "target_accuracy", "value": 1.0} for d in ("mnist", "fashion_mnist")]
+    text = report.findings(pd.DataFrame(rows).assign(**{"class": ""}), "cpu")
+    assert "81.0% to 86.0%; 2 of 2 reach 80%." in text
+    assert "Without the selection at sampling time (the first draws of each class) the evaluator gives " \
+           "74.0% to 78.0%; 0 of 2 reach 80%." in text
+    assert "mnist 0.620 (without selection 0.600)" in text
+
+
 def test_run_time_is_read_from_the_executed_notebooks(tmp_path, monkeypatch):
     monkeypatch.setenv("TLDR_RUNS", str(tmp_path))
     notebooks = tmp_path / "cpu" / "notebooks"

@@ -102,6 +102,7 @@ def test_cached_generator_run_records_scores(runs):
     assert result["images"].shape == (20, 1, 8, 8)
     assert {(r["method"], r["metric"]) for r in result["rows"]} == {
         ("tldr", "target_accuracy"), ("tldr", "evaluator_accuracy"), ("tldr", "within_class_ssim"),
+        ("tldr", "evaluator_accuracy_unselected"), ("tldr", "within_class_ssim_unselected"),  # oversample 2
         ("real_test", "within_class_ssim"), ("tldr", "evaluator_accuracy_of_class"),
         ("real_test", "evaluator_accuracy_of_class")}
     scores, by_class = result["scores"], result["evaluator_accuracy_by_class"]
@@ -112,6 +113,9 @@ def test_cached_generator_run_records_scores(runs):
     assert len(by_class["real"]) == 10 and all(0 <= v <= 1 for v in by_class["real"])
     assert 0 < scores["within_class_ssim"] <= 1 and 0 < scores["real_within_class_ssim"] < 1
     assert (runs / "samples" / "tldr_digits.safetensors").exists()
+    every_draw = inversion.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2, "oversample": 1},
+                               save=False)
+    assert "evaluator_accuracy_unselected" not in every_draw["scores"]
     with pytest.raises(ValueError, match="'stepz'"):
         inversion.run("smoke", "tldr", "digits", {"stepz": 1})
     with pytest.raises(ValueError, match="unknown method 'mi_face'"):

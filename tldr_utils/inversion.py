@@ -258,11 +258,20 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
 
 @torch.no_grad()
 def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, device="cpu", batch_size: int = 500,
-           soft_scale: float = SOFT_SCALE):
-    """``per_class`` images of every class from a trained generator: (images, labels), class-sorted."""
+           soft_scale: float = SOFT_SCALE, target=None, oversample: int = 1):
+    """``per_class`` images of every class from a trained generator: (images, labels), class-sorted.
+
+    With a ``target`` classifier and ``oversample`` k > 1, k times as many candidates
+    are drawn and the ``per_class`` of each class that the target is most confident
+    in are kept (see ``most_confident``).
+    """
+    if oversample < 1 or int(oversample) != oversample:
+        raise ValueError(f"oversample must be a whole number >= 1 (1 keeps every draw), got {oversample!r}")
+    if oversample > 1 and target is None:
+        raise ValueError(f"oversample={oversample} needs the target classifier that picks the samples: pass target=")
     gen = torch.Generator().manual_seed(seed)
     K = G.num_classes
-    labels = torch.arange(K).repeat_interleave(per_class)
+    labels = torch.arange(K).repeat_interleave(per_class * oversample)
     p = conditions(labels, K, hot, gen, soft_scale)
     z = torch.randn(len(labels), G.latent_dim, generator=gen)
     G = G.to(device).eval()  # batch norm in eval mode; dropout stays on by design
@@ -271,7 +280,30 @@ def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, devic
     for i in range(0, len(labels), batch_size):
         c = labels[i:i + batch_size] if G.conditioning == "label" else p[i:i + batch_size]
         out.append(G(z[i:i + batch_size].to(device), c.to(device)).cpu())
-    return torch.cat(out), labels
+    images = torch.cat(out)
+    if oversample > 1:
+        return most_confident(target, images, labels, per_class, device)
+    return images, labels
+
+
+@torch.no_grad()
+def most_confident(net, images, labels, per_class: int, device="cpu"):
+    """The ``per_class`` images of each class with the highest log-probability of their
+    class under ``net``, class-sorted, in draw order within a class.
+
+    This is TLDR's first property (a classifier is most confident on its training
+    data) used once more at sampling time, and it uses the target only: an
+    attacker holding the weights can always draw more and keep the best.
+    """
+    log_p = torch.log_softmax(targets.predict(net, images, device), 1)[torch.arange(len(labels)), labels]
+    keep = []
+    for k in labels.unique():
+        members = torch.nonzero(labels == k).flatten()
+        if len(members) < per_class:
+            raise ValueError(f"class {int(k)} has {len(members)} images, fewer than the {per_class} to keep")
+        keep.append(members[log_p[members].topk(per_class).indices.sort().values])
+    keep = torch.cat(keep)
+    return images[keep], labels[keep]
 
 
 # ----------------------------------------------------------------- cached runs
@@ -347,8 +379,10 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     """
     cfg = config.settings(profile, METHODS[method], overrides)
     G, meta = get_generator(profile, method, dataset, overrides, trained_target)
-    images, labels = sample(G, cfg.samples_per_class, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
-    net, _ = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
+    n, oversample = cfg.samples_per_class, cfg.oversample
+    draws, draw_labels = sample(G, n * oversample, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
+    net = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)[0]
+    images, labels = most_confident(net, draws, draw_labels, n) if oversample > 1 else (draws, draw_labels)
     judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
     predicted = targets.predict(judge, images).argmax(1)
     judged = predicted == labels
@@ -359,12 +393,19 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
               # variety: recognisable samples that are all alike would still pass both judges
               "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
               "real_within_class_ssim": real["within_class_ssim"]}
+    if oversample > 1:  # what the selection buys and costs: the same scores on the first n draws of each class
+        first = torch.cat([torch.nonzero(draw_labels == c).flatten()[:n] for c in range(G.num_classes)])
+        scores |= {"evaluator_accuracy_unselected": targets.accuracy(judge, draws[first], draw_labels[first]),
+                   "within_class_ssim_unselected": metrics.within_class_ssim(draws[first], draw_labels[first],
+                                                                             seed=cfg.seed)}
     by_class = {"samples": _share_by_class(judged, labels, G.num_classes), "real": real["evaluator_accuracy_by_class"]}
     classes = data.load_dataset(dataset, "train").classes
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
            "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed, "evaluator": judge_meta["arch"]}
     real_key = {"dataset": dataset, "method": "real_test", "train_size": "all", "seed": cfg.seed}
-    rows = [{**key, "metric": k, "value": scores[k]} for k in ("target_accuracy", "evaluator_accuracy", "within_class_ssim")]
+    rows = [{**key, "metric": m, "value": scores[m]}
+            for m in ("target_accuracy", "evaluator_accuracy", "within_class_ssim",
+                      "evaluator_accuracy_unselected", "within_class_ssim_unselected") if m in scores]
     rows.append({**real_key, "metric": "within_class_ssim", "value": scores["real_within_class_ssim"]})
     for k, who in ((key, "samples"), ({**real_key, "evaluator": judge_meta["arch"]}, "real")):
         rows += [{**k, "metric": "evaluator_accuracy_of_class", "class": c, "value": v}

@@ -92,6 +92,11 @@ def findings(m: pd.DataFrame, profile: str) -> str:
                 + "".join(f", {v:.1%} on real {d}" for d, v in real.items())
                 + f") {_span(acc['evaluator_accuracy'], '{:.1%}')}; {passed} of {len(acc)} reach "
                 f"{EVALUATOR_BAR:.0%}.")
+        if "evaluator_accuracy_unselected" in acc.columns:
+            unselected = acc["evaluator_accuracy_unselected"].dropna()
+            text += (f" Without the selection at sampling time (the first draws of each class) the evaluator "
+                     f"gives {_span(unselected, '{:.1%}')}; {int((unselected >= EVALUATOR_BAR).sum())} of "
+                     f"{len(unselected)} reach {EVALUATOR_BAR:.0%}.")
         control = paper[paper.metric.isin(["target_accuracy", "evaluator_accuracy"])]
         if set(control.metric) == {"target_accuracy", "evaluator_accuracy"}:
             c = control.groupby("metric")["value"]
@@ -105,6 +110,8 @@ def findings(m: pd.DataFrame, profile: str) -> str:
             for d, v in acc["within_class_ssim"].groupby(level="dataset"):
                 extra = [f"real test images {real_ssim[d]:.3f}"] if d in real_ssim else []
                 extra += [f"paper-loss control {control_ssim[d]:.3f}"] if d in control_ssim else []
+                if "within_class_ssim_unselected" in acc.columns:
+                    extra.insert(0, f"without selection {_span(acc.loc[d, 'within_class_ssim_unselected'].dropna())}")
                 per.append(f"{d} {_span(v)}" + (f" ({', '.join(extra)})" if extra else ""))
             lines.append("**Varied** (within-class SSIM, lower is more varied): " + "; ".join(per) + ".")
     by_class = m[(m.metric == "evaluator_accuracy_of_class") & m.setting.eq("main")]
@@ -151,7 +158,8 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         parts += ["**Target classifiers**: test accuracy by training-set size.",
                   _markdown(t.round(3).astype(object).where(t.notna(), "-"))]
     shown = m[m.setting.isin(LOSSES) & m.method.isin(["inversion", "tldr"])
-              & m.metric.isin(["target_accuracy", "evaluator_accuracy", "within_class_ssim"])]
+              & m.metric.isin(["target_accuracy", "evaluator_accuracy", "within_class_ssim",
+                               "evaluator_accuracy_unselected", "within_class_ssim_unselected"])]
     if len(shown):
         t = shown.assign(loss=shown.setting.map(LOSSES)).pivot_table(
             index=["dataset", "method", "loss", "arch", "train_size"], columns="metric", values="value").reset_index()
@@ -162,6 +170,10 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
                 "real test images is in its row above, the ceiling to compare with). Loss `paper only` is the control of "
                 "`02_invert`: the paper's terms without our image priors, which the target accepts and the evaluator "
                 "should not.")
+        if "evaluator_accuracy_unselected" in t.columns:
+            text += (" The samples are the ones the target is most confident in among `oversample` times as many "
+                     "draws; the `_unselected` columns score the first draws of each class instead, without "
+                     "that selection.")
         if "within_class_ssim" in t.columns:
             real = _real_within_class_ssim(m)
             text += (" `within_class_ssim` is the mean SSIM between two samples of one class, lower for more "
