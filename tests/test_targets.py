@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tldr_utils import config, inversion, targets
+from tldr_utils import config, inversion, store, targets
 
 
 @pytest.fixture()
@@ -116,6 +116,9 @@ def test_cached_generator_run_records_scores(runs):
     every_draw = inversion.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2, "oversample": 1},
                                save=False)
     assert "evaluator_accuracy_unselected" not in every_draw["scores"]
+    assert store.load_meta(runs / "samples" / "tldr_digits.safetensors")["oversample"] == 2  # what 05's caption reads
+    with pytest.raises(ValueError, match="oversample must be a whole number >= 1.*got 0"):
+        inversion.run("smoke", "tldr", "digits", {"train_size": 100, "oversample": 0}, save=False)
     with pytest.raises(ValueError, match="'stepz'"):
         inversion.run("smoke", "tldr", "digits", {"stepz": 1})
     with pytest.raises(ValueError, match="unknown method 'mi_face'"):

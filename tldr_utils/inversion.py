@@ -265,8 +265,7 @@ def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, devic
     are drawn and the ``per_class`` of each class that the target is most confident
     in are kept (see ``most_confident``).
     """
-    if oversample < 1 or int(oversample) != oversample:
-        raise ValueError(f"oversample must be a whole number >= 1 (1 keeps every draw), got {oversample!r}")
+    _check_oversample(oversample)
     if oversample > 1 and target is None:
         raise ValueError(f"oversample={oversample} needs the target classifier that picks the samples: pass target=")
     gen = torch.Generator().manual_seed(seed)
@@ -284,6 +283,11 @@ def sample(G: Generator, per_class: int, hot: bool = False, seed: int = 0, devic
     if oversample > 1:
         return most_confident(target, images, labels, per_class, device)
     return images, labels
+
+
+def _check_oversample(oversample) -> None:
+    if oversample < 1 or int(oversample) != oversample:
+        raise ValueError(f"oversample must be a whole number >= 1 (1 keeps every draw), got {oversample!r}")
 
 
 @torch.no_grad()
@@ -375,11 +379,12 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     each sample, and tidy metric rows (the per-class accuracies as metric
     ``evaluator_accuracy_of_class``, one row per class).
     ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
-    (the ones the figures show).
+    (the ones the figures show), with the scores and ``oversample`` in their metadata.
     """
     cfg = config.settings(profile, METHODS[method], overrides)
     G, meta = get_generator(profile, method, dataset, overrides, trained_target)
     n, oversample = cfg.samples_per_class, cfg.oversample
+    _check_oversample(oversample)
     draws, draw_labels = sample(G, n * oversample, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
     net = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)[0]
     images, labels = most_confident(net, draws, draw_labels, n) if oversample > 1 else (draws, draw_labels)
@@ -412,6 +417,6 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
                  for c, v in zip(classes, by_class[who])]
     if save:
         path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
-        store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
+        store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores, "oversample": oversample})
     return {"images": images, "labels": labels, "classes": classes, "meta": meta, "rows": rows, "scores": scores,
             "evaluator_accuracy_by_class": by_class, "evaluator_predictions": predicted}
