@@ -124,3 +124,18 @@ def test_cached_generator_run_records_scores(runs):
     with pytest.raises(ValueError, match="unknown method 'mi_face'"):
         inversion.get_generator("smoke", "mi_face", "digits")
     assert config.run_dir("smoke") == runs
+
+
+def test_generator_seed_trains_another_generator_against_the_same_target(runs):
+    choice = {"train_size": 100}
+    G, meta = inversion.get_generator("smoke", "inversion", "digits", choice)
+    same, _ = inversion.get_generator("smoke", "inversion", "digits", {**choice, "generator_seed": 0})  # = seed
+    other, other_meta = inversion.get_generator("smoke", "inversion", "digits", {**choice, "generator_seed": 1})
+    assert "generator_seed" not in meta and other_meta["generator_seed"] == 1
+    assert other_meta["target"] == meta["target"]  # one target, two generators
+    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), same.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), other.state_dict().values()))
+    assert len(list((runs / "generators").glob("inversion_digits_*.safetensors"))) == 2
+    for bad in (-1, 1.5, "1"):
+        with pytest.raises(ValueError, match=f"generator_seed must be a whole number >= 0.*got {bad!r}"):
+            inversion.get_generator("smoke", "inversion", "digits", {**choice, "generator_seed": bad})

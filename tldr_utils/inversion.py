@@ -318,6 +318,9 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     Settings come from the profile's section for the method; ``overrides``
     changes some of them (checked like a notebook's), e.g.
     ``{"train_size": 10000, "seed": 1}`` or ``{"weights": {"tv": 0}}``.
+    ``seed`` picks the target and, unless ``generator_seed`` is set, the
+    generator's initialisation and batches too; ``{"generator_seed": 1}`` trains
+    another generator against the same target.
     ``trained_target=False`` inverts the untrained control target instead.
     Returns ``(G, meta)``.
     """
@@ -331,6 +334,9 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
             "target": store.config_hash(target_meta), "loss_version": LOSS_VERSION,
             **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "soft_scale", "steps",
                                    "batch_size", "lr", "epsilon", "perturbation", "shift", "warmup") if k in cfg}}
+    gen_seed = _generator_seed(cfg)
+    if gen_seed != cfg.seed:  # only then, so that the default generators keep their cache names
+        spec["generator_seed"] = gen_seed
     size = targets.size_label(cfg.train_size)
     name = f"{method}_{dataset}_{cfg.arch}_n{size}_s{cfg.seed}_{store.config_hash(spec)}"
     path = config.run_dir(profile) / "generators" / f"{name}.safetensors"
@@ -341,12 +347,22 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
                                  soft_scale=cfg.soft_scale, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                  epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift,
-                                 warmup=cfg.warmup, seed=cfg.seed,
+                                 warmup=cfg.warmup, seed=gen_seed,
                                  device=config.device(cfg), desc=name)
     meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
             "target_test_accuracy": target_meta.get("test_accuracy")}
     store.save_model(path, G, meta)
     return G, meta
+
+
+def _generator_seed(cfg) -> int:
+    """The seed of the generator's training: ``generator_seed``, or the target's ``seed`` when unset."""
+    seed = cfg.get("generator_seed")
+    if seed is None:
+        return cfg.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"generator_seed must be a whole number >= 0, or null for the target's seed; got {seed!r}")
+    return seed
 
 
 def _share_by_class(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
