@@ -220,11 +220,11 @@ def test_oversampling_needs_a_target_and_a_whole_factor():
 
 
 def test_robustness_weight_in_training_makes_samples_survive_the_worst_step(net):
-    def attacked_ce(weights):
+    def rise_under_attack(weights):  # how much the worst step of size 0.1 raises the samples' CE
         G, _ = inversion.train_generator(net, (1, 16, 16), 10, weights, steps=30, batch_size=16, lr=3e-3,
                                          perturbation="adversarial")
         images, labels = inversion.sample(G, 10)
         worst = inversion.adversarial_perturbation(net, images, labels, 0.1)
         with torch.no_grad():
-            return F.cross_entropy(net(worst), labels).item()
-    assert attacked_ce({"ce": 1.0, "ce_pert": 5.0}) < 0.9 * attacked_ce({"ce": 1.0})
+            return F.cross_entropy(net(worst), labels).item() - F.cross_entropy(net(images), labels).item()
+    assert rise_under_attack({"ce": 1.0, "ce_pert": 5.0}) < 0.5 * rise_under_attack({"ce": 1.0})

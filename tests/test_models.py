@@ -63,3 +63,12 @@ def test_generator_dropout_stays_on_while_sampling():
 def test_unknown_conditioning_names_the_choices():
     with pytest.raises(ValueError, match="'hotness'.*vector_matrix"):
         Generator((1, 28, 28), 10, "hotness")
+
+
+@pytest.mark.parametrize("side", [7, 8, 10, 14])
+def test_hot_matrix_on_a_smaller_map_keeps_every_class_apart(side):
+    m = hot_matrix(torch.arange(10), 10, (side, side))
+    assert m.shape == (10, side, side)
+    assert (m.flatten(1).sum(1) > 0).all()  # no class is left an empty matrix
+    assert torch.cdist(m.flatten(1), m.flatten(1)).add(torch.eye(10)).min() > 0  # and no two share one
+    assert torch.equal(hot_matrix(torch.arange(10), 10, (10, 10)), hot_matrix(torch.arange(10), 10))

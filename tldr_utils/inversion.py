@@ -40,7 +40,7 @@ EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unles
 TERMS = TLDR_TERMS + EXTRA_TERMS
 METHODS = {"inversion": "invert", "tldr": "reconstruct"}  # method -> profile section
 PERTURBATIONS = ("adversarial", "random")  # how the robustness terms perturb an image
-LOSS_VERSION = 4  # part of every cached generator's name: bump when a loss term's definition changes
+LOSS_VERSION = 5  # part of every cached generator's name: bump when a loss term or the generator changes
 SOFT_SCALE = 16.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
 
 

@@ -91,10 +91,17 @@ def build_classifier(arch: str, in_shape, num_classes: int = 10) -> Classifier:
     return models[arch](tuple(in_shape), num_classes)
 
 
-def hot_matrix(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """The K x K "hot" matrix of each label: row k and column k set to one."""
+def hot_matrix(labels: torch.Tensor, num_classes: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The K x K "hot" matrix of each label: row k and column k set to one.
+
+    With ``size``, it is averaged onto a map of that size (area interpolation), as
+    the generator's intermediate map is rarely K x K: every row and column then
+    leaves its own trace, where nearest-neighbour resizing would drop some and
+    leave their classes an all-zero matrix (three of ten at 7 x 7).
+    """
     eye = torch.eye(num_classes, device=labels.device)[labels]  # N x K
-    return ((eye[:, :, None] + eye[:, None, :]) > 0).float()
+    m = ((eye[:, :, None] + eye[:, None, :]) > 0).float()
+    return m if size is None else F.interpolate(m[:, None], size=size, mode="area")[:, 0]
 
 
 class Generator(nn.Module):
@@ -104,7 +111,7 @@ class Generator(nn.Module):
     of the image side; two up-convolutions with batch norm double it twice.
     ``conditioning`` picks how the class reaches the generator:
     label (embedded index), vector (embedded soft vector), matrix (the K x K hot
-    matrix, resized to the intermediate map, as an extra channel) or
+    matrix, averaged onto the intermediate map, as an extra channel) or
     vector_matrix (both). Dropout stays on while sampling: it is part of the
     generator's noise and gives diversity.
     """
@@ -144,8 +151,7 @@ class Generator(nn.Module):
             x = torch.cat([z, self.embed(condition)], 1)
         x = F.dropout(self.lift(x), self.dropout, training=True).view(len(z), self.width, *self.base)
         if self.uses_matrix:
-            m = F.interpolate(hot_matrix(labels, self.num_classes)[:, None], size=self.base, mode="nearest")
-            x = torch.cat([x, m], 1)
+            x = torch.cat([x, hot_matrix(labels, self.num_classes, self.base)[:, None]], 1)
         # dropout at the coarse resolutions only: at full resolution it would be pixel noise
         x = F.dropout(self.up1(x), self.dropout, training=True)
         return torch.sigmoid(self.out(self.up2(x)))
