@@ -228,3 +228,20 @@ def test_robustness_weight_in_training_makes_samples_survive_the_worst_step(net)
         with torch.no_grad():
             return F.cross_entropy(net(worst), labels).item() - F.cross_entropy(net(images), labels).item()
     assert rise_under_attack({"ce": 1.0, "ce_pert": 5.0}) < 0.5 * rise_under_attack({"ce": 1.0})
+
+
+def test_target_dropout_samples_masks_while_training_and_leaves_the_target_in_eval_mode(net):
+    modes = []
+    hook = net.body[-1].register_forward_hook(lambda layer, inputs, out: modes.append(layer.training))
+    try:
+        trained = {}
+        for on in (False, True):
+            modes.clear()
+            G, _ = inversion.train_generator(net, (1, 16, 16), 10, {"ce": 1.0}, steps=3, batch_size=8,
+                                             target_dropout=on)
+            assert modes == [on] * 3  # the dropout layer before the head, at every step
+            trained[on] = torch.cat([p.flatten() for p in G.parameters()])
+    finally:
+        hook.remove()
+    assert not any(layer.training for layer in net.modules())  # batch norm and dropout both back to eval
+    assert not torch.equal(trained[False], trained[True])  # the masks reach the generator's gradients

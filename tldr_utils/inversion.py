@@ -18,7 +18,10 @@ classifier's batch-norm inputs to the running statistics stored in its weights
 (the feature prior of DeepInversion). Without it (or another prior) the
 generator finds adversarial patterns that only the target recognises; a zero
 weight recovers the paper's loss exactly. ``shift`` rolls the images by up to
-that many pixels before the classifier sees them, for the same reason. Plain
+that many pixels before the classifier sees them, for the same reason, and
+``target_dropout`` keeps the classifier's dropout on while the generator trains,
+so that it is fitted to many thinned copies of the target rather than to one
+network's quirks (the "ghost networks" of the transfer-attack literature). Plain
 inversion may also borrow TLDR's ``ce_pert`` (zero in our profiles).
 """
 
@@ -217,9 +220,12 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 # ----------------------------------------------------------------- training
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
                     hot=False, soft_scale=SOFT_SCALE, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1,
-                    perturbation="random", shift=0, warmup=0.0, seed=0, device="cpu",
+                    perturbation="random", shift=0, warmup=0.0, target_dropout=False, seed=0, device="cpu",
                     desc="generator") -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
+
+    The classifier stays in eval mode (its batch norm uses the stored statistics);
+    with ``target_dropout`` its dropout layers sample a new mask at every step.
 
     Every term but KL and CE is ramped in linearly over the first ``warmup``
     share of the steps: the generator first learns the classes, then the priors
@@ -229,6 +235,9 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
     gen = torch.Generator().manual_seed(seed)
     G = Generator(image_shape, num_classes, conditioning).to(device).train()
     net = net.to(device).eval()
+    for layer in net.modules():
+        if isinstance(layer, torch.nn.modules.dropout._DropoutNd):
+            layer.train(target_dropout)
     for param in net.parameters():  # needed for the weight gradient of grad_norm; never updated
         param.requires_grad_(bool(weights.get("grad_norm")))
     opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -253,6 +262,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
             bar.set_postfix(loss=f"{loss.item():.3f}")
     for param in net.parameters():
         param.requires_grad_(True)
+    net.eval()
     return G.cpu(), history
 
 
@@ -333,7 +343,8 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     spec = {"method": method, "dataset": dataset, "trained_target": trained_target,
             "target": store.config_hash(target_meta), "loss_version": LOSS_VERSION,
             **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "soft_scale", "steps",
-                                   "batch_size", "lr", "epsilon", "perturbation", "shift", "warmup") if k in cfg}}
+                                   "batch_size", "lr", "epsilon", "perturbation", "shift", "warmup", "target_dropout")
+               if k in cfg}}
     gen_seed = _generator_seed(cfg)
     if gen_seed != cfg.seed:  # only then, so that the default generators keep their cache names
         spec["generator_seed"] = gen_seed
@@ -347,7 +358,7 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
                                  soft_scale=cfg.soft_scale, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                  epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift,
-                                 warmup=cfg.warmup, seed=gen_seed,
+                                 warmup=cfg.warmup, target_dropout=cfg.get("target_dropout", False), seed=gen_seed,
                                  device=config.device(cfg), desc=name)
     meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
             "target_test_accuracy": target_meta.get("test_accuracy")}
