@@ -358,7 +358,7 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
                                  soft_scale=cfg.soft_scale, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                  epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift,
-                                 warmup=cfg.warmup, target_dropout=cfg.get("target_dropout", False), seed=gen_seed,
+                                 warmup=cfg.warmup, target_dropout=cfg.target_dropout, seed=gen_seed,
                                  device=config.device(cfg), desc=name)
     meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
             "target_test_accuracy": target_meta.get("test_accuracy")}
