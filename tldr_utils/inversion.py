@@ -235,6 +235,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
     gen = torch.Generator().manual_seed(seed)
     G = Generator(image_shape, num_classes, conditioning).to(device).train()
     net = net.to(device).eval()
+    was_trainable = [param.requires_grad for param in net.parameters()]
     for layer in net.modules():
         if isinstance(layer, torch.nn.modules.dropout._DropoutNd):
             layer.train(target_dropout)
@@ -243,26 +244,28 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
     opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
     history = []
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
-    for step in bar:
-        labels = torch.randint(num_classes, (batch_size,), generator=gen)
-        p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
-        z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
-        x = G(z, labels.to(device) if conditioning == "label" else p)
-        terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation)
-        ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
-        loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step} "
-                                     f"({ {k: round(v.item(), 4) for k, v in terms.items()} }); lower lr (now {lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=list(G.parameters()))
-        opt.step()
-        history.append({k: v.item() for k, v in terms.items()} | {"total": loss.item()})
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    for param in net.parameters():
-        param.requires_grad_(True)
-    net.eval()
+    try:
+        for step in bar:
+            labels = torch.randint(num_classes, (batch_size,), generator=gen)
+            p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
+            z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
+            x = G(z, labels.to(device) if conditioning == "label" else p)
+            terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation)
+            ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
+            loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step} "
+                                         f"({ {k: round(v.item(), 4) for k, v in terms.items()} }); lower lr (now {lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=list(G.parameters()))
+            opt.step()
+            history.append({k: v.item() for k, v in terms.items()} | {"total": loss.item()})
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    finally:  # the target leaves as it came, even when training fails
+        for param, trainable in zip(net.parameters(), was_trainable):
+            param.requires_grad_(trainable)
+        net.eval()
     return G.cpu(), history
 
 
