@@ -248,9 +248,13 @@ def test_target_dropout_samples_masks_while_training_and_leaves_the_target_in_ev
 
 
 def test_a_failed_training_leaves_the_target_as_it_came(net):
+    net.head.bias.requires_grad_(False)  # a frozen parameter must stay frozen, not be switched on
     flags = [p.requires_grad for p in net.parameters()]
-    with pytest.raises(FloatingPointError, match="lower lr"):
-        inversion.train_generator(net, (1, 16, 16), 10, {"ce": float("inf"), "grad_norm": 1.0}, steps=3,
-                                  batch_size=8, target_dropout=True)
-    assert not any(layer.training for layer in net.modules())
-    assert [p.requires_grad for p in net.parameters()] == flags
+    try:
+        with pytest.raises(FloatingPointError, match="lower lr"):
+            inversion.train_generator(net, (1, 16, 16), 10, {"ce": float("inf"), "grad_norm": 1.0}, steps=3,
+                                      batch_size=8, target_dropout=True)
+        assert not any(layer.training for layer in net.modules())
+        assert [p.requires_grad for p in net.parameters()] == flags
+    finally:
+        net.head.bias.requires_grad_(True)
