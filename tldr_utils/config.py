@@ -9,6 +9,7 @@ replaces the settings it names (each whole: a dict setting is not merged). ``set
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import types
@@ -69,12 +70,124 @@ def settings(profile: str, section: str, overrides: dict | None = None) -> Setti
                          f"valid: {', '.join(sorted(cfg))}")
     for key, value in overrides.items():
         if isinstance(cfg[key], dict) and key == "weights":
+            if not isinstance(value, dict):
+                raise ValueError(f"weights must be a dict of loss weights, e.g. {{'tv': 0}}; got {value!r}")
             bad = sorted(set(value) - set(cfg[key]))
             if bad:
                 raise ValueError(f"unknown loss weight(s) {', '.join(map(repr, bad))}; valid: {', '.join(cfg[key])}")
             value = {**cfg[key], **value}
         cfg[key] = value
+    check(cfg, f"profile {profile!r}, section {section!r}")
     return Settings(cfg, profile=profile, section=section)
+
+
+# ----------------------------------------------------------------- valid values
+# Every setting of every profile has a rule here: (test, what a valid value is).
+# A bad value is refused with its range before any work starts, not as an
+# IndexError or a "loss became nan" minutes later.
+def _whole(low: int, none: str = ""):
+    def ok(v):
+        return (v is None and bool(none)) or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+    return ok, f"a whole number >= {low}" + (f", or null ({none})" if none else "")
+
+
+def _real(low: float, high: float = math.inf, low_open: bool = False):
+    def ok(v):
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and (v > low if low_open else v >= low) and v <= high)
+    return ok, f"a number {'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
+
+
+def _choice(choices):
+    """One of ``choices()``; a function, so that the lists stay in the modules that own them."""
+    return (lambda v: isinstance(v, str) and v in choices()), lambda: "one of " + ", ".join(choices())
+
+
+def _list_of(rule, empty_ok: bool = False):
+    ok, what = rule
+    return ((lambda v: isinstance(v, list) and (empty_ok or len(v) > 0) and all(ok(x) for x in v)),
+            lambda: f"a {'' if empty_ok else 'non-empty '}list, each {what() if callable(what) else what}")
+
+
+def _datasets():
+    from .data import DATASETS
+    return DATASETS
+
+
+def _archs():
+    from .models import ARCHS
+    return ARCHS
+
+
+def _conditionings():
+    from .models import CONDITIONINGS
+    return CONDITIONINGS
+
+
+def _perturbations():
+    from .inversion import PERTURBATIONS
+    return PERTURBATIONS
+
+
+def _methods():
+    from .inversion import METHODS
+    return tuple(METHODS)
+
+
+def _device_ok(v) -> bool:
+    if v == "auto":
+        return True
+    try:
+        torch.device(v)
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+_SIZE = _whole(1, "every training image")
+_SIZES = _list_of(_SIZE)
+_FLAG = (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _sizes_ok(v) -> bool:
+    """A list of sizes, or (in ``train_targets``) a dict of such lists by dataset."""
+    if isinstance(v, dict):
+        return all(k in _datasets() and _SIZES[0](s) for k, s in v.items())
+    return _SIZES[0](v)
+
+
+RULES = {
+    "datasets": _list_of(_choice(_datasets)), "seed": _whole(0), "device": (_device_ok, '"auto", "cpu", "cuda" or "cuda:N"'),
+    "archs": _list_of(_choice(_archs)), "compare_archs": _list_of(_choice(_archs), empty_ok=True),
+    "arch": _choice(_archs), "eval_arch": _choice(_archs), "methods": _list_of(_choice(_methods)),
+    "conditioning": _choice(_conditionings), "perturbation": _choice(_perturbations),
+    "train_size": _SIZE, "ablation_train_size": _SIZE,
+    "train_sizes": (_sizes_ok, "a non-empty list of training-set sizes (whole numbers >= 1, or null for all); "
+                               "in train_targets, a dict of such lists by dataset"),
+    "seeds": _list_of(_whole(0)), "eval_seed": _whole(0), "generator_seed": _whole(0, "the target's seed"),
+    "steps": _whole(1), "eval_steps": _whole(1), "paper_loss_steps": _whole(1), "utility_steps": _whole(1),
+    "generator_steps": _whole(1),
+    "batch_size": _whole(2), "generator_batch_size": _whole(2),  # batch norm needs two images per batch
+    "lr": _real(0, low_open=True), "soft_scale": _real(0, low_open=True), "epsilon": _real(0, 1),
+    "warmup": _real(0, 1), "shift": _whole(0), "eval_shift": _whole(0), "hot": _FLAG, "target_dropout": _FLAG,
+    "weights": (lambda v: isinstance(v, dict) and all(_real(0)[0](w) for w in v.values()),
+                "a dict of loss weights, each a number >= 0"),
+    "samples_per_class": _whole(1), "oversample": _whole(1), "heldout_per_class": _whole(1),
+    "gallery": _whole(1), "rows": _whole(1),
+    "min_test_accuracy": (lambda v: isinstance(v, dict) and all(k in _datasets() and _real(0, 1)[0](a)
+                                                               for k, a in v.items()),
+                          "a dict from dataset name to an accuracy between 0 and 1"),
+}
+
+
+def check(cfg: dict, where: str = "settings") -> None:
+    """Refuse any value of ``cfg`` outside its valid range, naming the setting, the value and the range."""
+    for key, value in cfg.items():
+        if key not in RULES:
+            raise ValueError(f"{where}: setting {key!r} has no rule in tldr_utils.config.RULES; add one there")
+        ok, what = RULES[key]
+        if not ok(value):
+            raise ValueError(f"{key} must be {what() if callable(what) else what}; got {value!r} ({where})")
 
 
 _NOTEBOOK_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open", "profile", "overrides"}
@@ -117,5 +230,9 @@ def device(cfg: dict | None = None) -> torch.device:
 def run_dir(profile: str) -> Path:
     """Where everything of one profile's run goes: ``runs/<profile>``."""
     path = Path(os.environ.get("TLDR_RUNS", ROOT / "runs")) / profile
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create the run folder {path}: {err.strerror or err}. Choose a writable one with "
+                      "the environment variable TLDR_RUNS, e.g. TLDR_RUNS=/tmp/runs make figures") from err
     return path

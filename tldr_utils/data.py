@@ -301,13 +301,31 @@ def _read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return _as_tensors(x.transpose(3, 2, 0, 1), labels, path)  # X[h, w, c, n] -> [n, c, h, w]
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR batch holds: plain containers, strings, numbers and numpy
+    arrays. Any other callable a pickle names (``os.system``, ``builtins.eval``, ...) is
+    refused before it can run, so a planted file cannot execute code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # how a protocol-2 pickle written by Python 3 stores bytes
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only "
+                                         "lists, dicts, strings, numbers and numpy arrays")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    """A CIFAR batch: a Python 2 pickle, so keys come back as bytes; accept str keys too."""
+    """A CIFAR batch: a Python 2 pickle, so keys come back as bytes; accept str keys too.
+    Read with ``_CifarUnpickler``: nothing but the format's own types can be built."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _CifarUnpickler(f, encoding="bytes").load()
     except Exception as err:  # unpickling can fail in many ways
-        raise CorruptDataset(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from err
+        raise CorruptDataset(f"{path}: not a readable CIFAR-10 pickle ({type(err).__name__}: {err})") from err
     if not isinstance(obj, dict):
         raise CorruptDataset(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}

@@ -29,18 +29,21 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import config, data, metrics, store, targets
+from .hooks import BatchNormInputs, Features, batch_norm_layers, feature_input
 from .models import Generator
 
 INVERSION_TERMS = ("kl", "ce", "cos", "ortho")
 TLDR_TERMS = INVERSION_TERMS + ("kl_pert", "ce_pert", "tv", "pixel", "grad_norm")
 EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unless weighted
 TERMS = TLDR_TERMS + EXTRA_TERMS
+FEATURE_TERMS = {"cos", "ortho"}  # the terms that read the classifier's penultimate features
 METHODS = {"inversion": "invert", "tldr": "reconstruct"}  # method -> profile section
 PERTURBATIONS = ("adversarial", "random")  # how the robustness terms perturb an image
 LOSS_VERSION = 5  # part of every cached generator's name: bump when a loss term or the generator changes
@@ -121,30 +124,13 @@ def grad_norm_term(net, logits, labels):
     return sum(g.pow(2).sum() for g in grads)
 
 
-class _BatchNormInputs:
-    """Collects what enters each batch-norm layer of ``net`` during a forward pass."""
-
-    def __init__(self, net):
-        self.layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        self.inputs = []
-
-    def __enter__(self):
-        self.handles = [m.register_forward_hook(lambda m, inp, out: self.inputs.append((m, inp[0])))
-                        for m in self.layers]
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-
 def bn_term(captured, first_layer_weight: float = 10.0) -> torch.Tensor:
     """Distance of the batch's feature statistics from each batch-norm layer's running
     statistics (DeepInversion's feature prior). The first layer, which sees
     the raw pixels' edges and intensities, counts ``first_layer_weight`` times, as
     in DeepInversion (in our runs, 10 rather than 2 let the evaluator recognise a few
     points more of the inversions)."""
-    total = 0.0
+    total = torch.zeros(())
     for i, (layer, x) in enumerate(captured):
         dims = [0] + list(range(2, x.dim()))
         mu, var = x.mean(dims), x.var(dims, unbiased=False)
@@ -176,9 +162,24 @@ def adversarial_perturbation(net, x, labels, epsilon: float):
     return (x + epsilon * grad.sign()).clamp(0, 1)
 
 
+def supported(net, weights: dict, feature_layer: str | None = None) -> tuple[dict, dict[str, str]]:
+    """``weights`` without the terms ``net`` cannot support, and why each was dropped: ``bn``
+    needs batch-norm layers, ``cos`` and ``ortho`` need penultimate features (the input of
+    the last ``nn.Linear``, or of ``feature_layer``)."""
+    why = {}
+    if weights.get("bn") and not batch_norm_layers(net):
+        why["bn"] = "the model has no batch-norm layer, so there are no stored statistics to match"
+    if feature_input(net, feature_layer) is None:
+        why |= {t: "the model has no nn.Linear whose input is its features; name one with feature_layer"
+                for t in FEATURE_TERMS if weights.get(t)}
+    return {k: (0.0 if k in why else w) for k, w in weights.items()}, why
+
+
 def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
-               shift: int = 0, perturbation: str = "random") -> dict[str, torch.Tensor]:
-    """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p``."""
+               shift: int = 0, perturbation: str = "random", feature_layer: str | None = None) -> dict[str, torch.Tensor]:
+    """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p``.
+    The penultimate features of ``cos`` and ``ortho`` are what enters the last ``nn.Linear``
+    of ``net`` (or ``feature_layer``), read by a forward hook."""
     unknown = sorted(set(weights) - set(TERMS))
     if unknown:
         raise ValueError(f"unknown loss term(s) {unknown}; valid: {', '.join(TERMS)}")
@@ -186,9 +187,9 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
         raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {', '.join(PERTURBATIONS)}")
     on = {k for k, w in weights.items() if w}
     labels = p.argmax(1)
-    with _BatchNormInputs(net) as bn:
-        feats = net.features(jitter(x, shift, generator))
-    logits = net.head(feats)
+    with BatchNormInputs(net) as bn, Features(feature_input(net, feature_layer) if on & FEATURE_TERMS else None) as f:
+        logits = net(jitter(x, shift, generator))
+    feats = f.value
     terms = {}
     if "kl" in on:
         terms["kl"] = kl_term(logits, p)
@@ -221,7 +222,7 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
                     hot=False, soft_scale=SOFT_SCALE, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1,
                     perturbation="random", shift=0, warmup=0.0, target_dropout=False, seed=0, device="cpu",
-                    desc="generator") -> tuple[Generator, list[dict]]:
+                    desc="generator", feature_layer=None) -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
 
     The classifier stays in eval mode (its batch norm uses the stored statistics);
@@ -231,6 +232,9 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
     share of the steps: the generator first learns the classes, then the priors
     shape them (without it the gradient-norm term can stall training at the start).
     """
+    weights, dropped = supported(net, weights, feature_layer)
+    for term, why in dropped.items():
+        warnings.warn(f"the '{term}' term is skipped: {why}", stacklevel=2)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     G = Generator(image_shape, num_classes, conditioning).to(device).train()
@@ -250,7 +254,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
             p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
             z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
             x = G(z, labels.to(device) if conditioning == "label" else p)
-            terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation)
+            terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation, feature_layer)
             ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
             loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
             if not torch.isfinite(loss):
@@ -337,9 +341,7 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     ``trained_target=False`` inverts the untrained control target instead.
     Returns ``(G, meta)``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    cfg = config.settings(profile, METHODS[method], overrides)
+    cfg = method_settings(profile, method, overrides)
     net, target_meta = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed,
                                           trained=trained_target)
     shape = data.load_dataset(dataset, "train").images.shape[1:]
@@ -357,16 +359,52 @@ def get_generator(profile: str, method: str, dataset: str, overrides: dict | Non
     G = Generator(tuple(shape), 10, cfg.conditioning)
     if path.exists():
         return G, store.load_model(path, G)
-    start = time.time()
-    G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
-                                 soft_scale=cfg.soft_scale, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                 epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift,
-                                 warmup=cfg.warmup, target_dropout=cfg.target_dropout, seed=gen_seed,
-                                 device=config.device(cfg), desc=name)
-    meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
-            "target_test_accuracy": target_meta.get("test_accuracy")}
-    store.save_model(path, G, meta)
+    with store.exclusive(path):
+        if path.exists():  # another process trained it while this one waited
+            return G, store.load_model(path, G)
+        start = time.time()
+        G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
+                                     soft_scale=cfg.soft_scale, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                     epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift,
+                                     warmup=cfg.warmup, target_dropout=cfg.target_dropout, seed=gen_seed,
+                                     device=config.device(cfg), desc=name)
+        # before caching, so a collapsed generator is never reused; an untrained target is at chance by nature
+        check_not_degenerate(G, net if trained_target else None, cfg, name)
+        meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
+                "target_test_accuracy": target_meta.get("test_accuracy")}
+        store.save_model(path, G, meta)
     return G, meta
+
+
+def method_settings(profile: str, method: str, overrides: dict | None = None) -> config.Settings:
+    """The settings of ``method`` (its profile section, then ``overrides``), checked."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return config.settings(profile, METHODS[method], overrides)
+
+
+class DegenerateRun(RuntimeError):
+    """A generator whose samples carry nothing: all one image, or at chance for the target."""
+
+
+def check_not_degenerate(G: Generator, net, cfg, desc: str = "generator", per_class: int = 10) -> None:
+    """Refuse a generator whose samples are one constant image, or whose samples the target ``net``
+    (when given) classifies no better than chance (at most 1.5 times the chance rate), naming the
+    likely cause."""
+    images, labels = sample(G, per_class, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
+    spread = images.std(0).max().item()
+    if spread < 1e-3:
+        raise DegenerateRun(
+            f"{desc}: every sample is the same image (largest pixel spread {spread:.1e}), so the generator "
+            f"collapsed. Likely cause: lr {cfg.lr:g} is too high; try {cfg.lr / 10:g}. Nothing was cached.")
+    if net is None:
+        return
+    share, chance = targets.accuracy(net, images, labels), 1 / G.num_classes
+    if share <= 1.5 * chance:
+        raise DegenerateRun(
+            f"{desc}: the target puts only {share:.0%} of the samples in their class (chance is {chance:.0%}), "
+            f"so the generator did not learn the classes. Likely cause: too few steps ({cfg.steps}) or an lr "
+            f"({cfg.lr:g}) far from the profile's; raise steps or restore lr. Nothing was cached.")
 
 
 def _generator_seed(cfg) -> int:
@@ -411,7 +449,7 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
     (the ones the figures show), with the scores and ``oversample`` in their metadata.
     """
-    cfg = config.settings(profile, METHODS[method], overrides)
+    cfg = method_settings(profile, method, overrides)
     G, meta = get_generator(profile, method, dataset, overrides, trained_target)
     n, oversample = cfg.samples_per_class, cfg.oversample
     _check_oversample(oversample)
@@ -445,8 +483,23 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     for k, who in ((key, "samples"), ({**real_key, "evaluator": judge_meta["arch"]}, "real")):
         rows += [{**k, "metric": "evaluator_accuracy_of_class", "class": c, "value": v}
                  for c, v in zip(classes, by_class[who])]
+    path = None
     if save:
-        path = config.run_dir(profile) / "samples" / f"{method}_{dataset}.safetensors"
+        path = samples_path(profile, method, dataset, cfg, trained_target)
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores, "oversample": oversample})
     return {"images": images, "labels": labels, "classes": classes, "meta": meta, "rows": rows, "scores": scores,
-            "evaluator_accuracy_by_class": by_class, "evaluator_predictions": predicted}
+            "evaluator_accuracy_by_class": by_class, "evaluator_predictions": predicted, "samples_path": path}
+
+
+def samples_path(profile: str, method: str, dataset: str, cfg: dict, trained_target: bool = True):
+    """Where ``run`` saves samples: ``samples/<method>_<dataset>.safetensors``, which the figures
+    draw, for the profile's own settings only; any other settings (an override of
+    anything but ``datasets``, or the untrained target) go to ``samples/variants/``
+    under a hash of their settings, so a trial never replaces the figures' samples."""
+    folder = config.run_dir(profile) / "samples"
+    own = method_settings(profile, method)
+    if trained_target and {k: v for k, v in cfg.items() if k != "datasets"} == \
+            {k: v for k, v in own.items() if k != "datasets"}:
+        return folder / f"{method}_{dataset}.safetensors"
+    variant = store.config_hash({**cfg, "trained_target": trained_target})
+    return folder / "variants" / f"{method}_{dataset}_{variant}.safetensors"

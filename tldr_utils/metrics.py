@@ -114,6 +114,10 @@ def leakage_report(recon, recon_labels, train, train_labels, heldout, heldout_la
     ``within_class_ssim``; ``evaluator_accuracy`` if an ``evaluator`` is given.
     """
     for name, x in (("recon", recon), ("train", train), ("heldout", heldout)):
+        if x.dim() == 4 and not torch.isfinite(x).all():  # NaN fails every comparison below, so look first
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            raise ValueError(f"{name} has NaN or infinite pixels in {bad} of its {len(x)} images; "
+                             "images must be finite floats in [0, 1]")
         if x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or x.min() < 0 or x.max() > 1:
             raise ValueError(f"{name} must be float images N x C x H x W in [0, 1], got {tuple(x.shape)} "
                              f"{x.dtype} in [{x.min().item():.3g}, {x.max().item():.3g}]")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from scipy import stats
 from . import config, store
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+README, FIGURES = config.ROOT / "README.md", config.ROOT / "figures"  # what a default run publishes
 LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "membership_auc", "identifiability",
            "evaluator_accuracy"]
 LOSSES = {"main": "ours", "paper_loss": "paper only"}  # setting -> how the Figures 3-4 table names the loss
@@ -202,7 +204,8 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     return "\n\n".join(parts)
 
 
-def update_readme(profile: str, readme: Path = config.ROOT / "README.md") -> None:
+def update_readme(profile: str, readme: Path | None = None) -> None:
+    readme = readme or README
     path = config.run_dir(profile) / "metrics.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make figures PROFILE={profile}` first")
@@ -215,12 +218,46 @@ def update_readme(profile: str, readme: Path = config.ROOT / "README.md") -> Non
         tmp.write_text(head + START + "\n" + body + "\n" + END + rest.split(END, 1)[1])
 
 
+def publish(profile: str, datasets: list[str] | None = None) -> list[Path]:
+    """Write a run's results where they belong, and return what was written.
+
+    Every run gets ``runs/<profile>/results.md`` (the README's tables for that run).
+    Only a full run of the default profile (every dataset the profile names)
+    updates what is committed: ``figures/`` (each figure and ``metrics.csv``) and
+    the README's results section. A smoke run, a paper run or a run on some of the
+    datasets leaves them as they are, so a trial never overwrites the published numbers.
+    """
+    run = config.run_dir(profile)
+    path = run / "metrics.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make figures PROFILE={profile}` first")
+    with store.atomic_path(run / "results.md") as tmp:
+        tmp.write_text(tables(pd.read_csv(path, dtype={"train_size": str}), profile) + "\n")
+    written = [run / "results.md"]
+    every = config.settings(profile, "make_figures").datasets
+    if profile != config.DEFAULT_PROFILE or (datasets and sorted(datasets) != sorted(every)):
+        return written
+    for source in sorted((run / "figures").glob("*")) + [path]:
+        target = FIGURES / source.name
+        with store.atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        written.append(target)
+    update_readme(profile)
+    return written + [README]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default=config.DEFAULT_PROFILE, choices=config.profiles())
+    parser.add_argument("--datasets", nargs="*", help="the datasets the run covered (default: all of the profile's)")
     args = parser.parse_args(argv)
-    update_readme(args.profile)
-    print(f"README.md results updated from runs/{args.profile}/metrics.csv")
+    written = publish(args.profile, args.datasets)
+    run = config.run_dir(args.profile)
+    if README in written:
+        print(f"figures/ ({len(written) - 2} files) and the README's results updated from {run}")
+    else:
+        print(f"results of this run: {run / 'figures'} and {run / 'results.md'}. figures/ and README.md "
+              f"are updated only by a full run of the default profile (make figures)")
 
 
 if __name__ == "__main__":

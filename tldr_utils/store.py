@@ -8,6 +8,7 @@ new one, never half of one. Checkpoints are safetensors: loading them runs no co
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ROOT
@@ -37,22 +39,67 @@ def fill_default_keys(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+class StorageError(OSError):
+    """A run's file could not be written: the path, the reason, and how to write elsewhere."""
+
+
+def _cannot_write(path, err) -> StorageError:
+    reason = getattr(err, "strerror", None) or str(err)
+    return StorageError(f"could not write {path}: {reason}. Free some space or fix the folder's permissions, "
+                        "or keep the run elsewhere: TLDR_RUNS=/a/writable/folder (e.g. TLDR_RUNS=/tmp/runs make figures)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path; on success it replaces ``path``, on failure it vanishes."""
+    """Yield a temporary path; on success it replaces ``path``, on failure it vanishes.
+
+    A write that fails for want of space or permission raises ``StorageError``
+    naming ``path`` and the way to write elsewhere.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _cannot_write(path, err) from err
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except (OSError, SafetensorError) as err:  # disk full, read-only folder: say which file and what to do
+            raise _cannot_write(path, err) from err
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; artifacts are ordinary files
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise _cannot_write(path, err) from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path):
+    """Hold a lock beside ``path`` (``.<name>.lock``) while building it.
+
+    A second process that needs the same artifact waits here for the first to
+    finish instead of building it again, then finds it on disk.
+    """
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")
+    except OSError as err:
+        raise _cannot_write(lock, err) from err
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_json(path, obj) -> None:

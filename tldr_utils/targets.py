@@ -33,15 +33,17 @@ def random_shift(images: torch.Tensor, pixels: int, generator: torch.Generator |
 
 
 def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, lr: float,
-                     seed: int, device="cpu", desc: str = "train", shift: int = 0) -> list[float]:
+                     seed: int, device="cpu", desc: str = "train", shift: int = 0, announce: bool = False) -> list[float]:
     """Adam with cosine decay for ``steps`` minibatches of shuffled ``images`` in [0, 1],
-    each image moved by up to ``shift`` pixels (``random_shift``) when ``shift`` is nonzero."""
+    each image moved by up to ``shift`` pixels (``random_shift``) when ``shift`` is nonzero.
+    ``announce`` prints, after the first steps, how long the whole training will take."""
     gen = torch.Generator().manual_seed(seed)
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
     losses, order, pos = [], torch.randperm(len(images), generator=gen), 0
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
+    start = time.time()
     for step in bar:
         if pos + batch_size > len(order):
             order, pos = torch.randperm(len(images), generator=gen), 0
@@ -55,6 +57,10 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if announce and step == min(19, steps - 1):
+            per_step = (time.time() - start) / (step + 1)
+            print(f"{desc}: about {per_step * steps / 60:.1f} minutes for {steps} steps "
+                  f"({per_step:.2f} s a step on this machine)", flush=True)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     return losses
@@ -82,7 +88,7 @@ def training_indices(train: data.ImageSet, train_size: int | None, seed: int) ->
 
 
 def get_target(profile: str, dataset: str, arch: str, train_size: int | None = None, seed: int = 0,
-               trained: bool = True, steps: int | None = None, shift: int = 0):
+               trained: bool = True, steps: int | None = None, shift: int = 0, overrides: dict | None = None):
     """The target classifier for these choices, trained now if not cached.
 
     Returns ``(net, meta)``; ``meta`` holds the settings, training-set size,
@@ -90,8 +96,11 @@ def get_target(profile: str, dataset: str, arch: str, train_size: int | None = N
     ``trained=False`` gives the untrained control: same architecture, random weights.
     ``steps`` (default: the profile's) and ``shift`` (augmentation, see ``train_classifier``)
     are for the evaluation classifier, which is trained longer and on shifted images.
+    ``overrides`` changes settings of the profile's ``train_targets`` section, as in notebook 01.
+    Two processes that need the same target at once train it once: the second
+    waits for the first and loads its checkpoint.
     """
-    cfg = config.settings(profile, "train_targets")
+    cfg = config.settings(profile, "train_targets", overrides)
     train = data.load_dataset(dataset, "train")
     test = data.load_dataset(dataset, "test")
     idx = training_indices(train, train_size, seed)
@@ -106,35 +115,42 @@ def get_target(profile: str, dataset: str, arch: str, train_size: int | None = N
     net = build_classifier(arch, tuple(train.images.shape[1:]), len(train.classes))
     if path.exists():
         return net.eval(), store.load_model(path, net)
-    device = config.device(cfg)
-    x, y = train.float()[idx], train.labels[idx]
-    start = time.time()
-    desc = f"{dataset}/{arch}/n={len(idx)}/seed={seed}"
-    train_classifier(net, x, y, steps, cfg.batch_size, cfg.lr, seed, device, desc, shift)
-    eval_n = min(len(x), 10000)
-    meta = {**spec, "n_train": len(idx), "seconds": round(time.time() - start, 1),
-            "train_accuracy": accuracy(net, x[:eval_n], y[:eval_n], device),
-            "test_accuracy": accuracy(net, test.float(), test.labels, device),
-            "data": train.provenance()}
-    store.save_model(path, net.cpu(), meta)
+    with store.exclusive(path):
+        if path.exists():  # another process trained it while this one waited
+            return net.eval(), store.load_model(path, net)
+        device = config.device(cfg)
+        x, y = train.float()[idx], train.labels[idx]
+        start = time.time()
+        desc = f"{dataset}/{arch}/n={len(idx)}/seed={seed}"
+        if steps:
+            print(f"training {desc} for {steps} steps of {cfg.batch_size} -> {path}", flush=True)
+        train_classifier(net, x, y, steps, cfg.batch_size, cfg.lr, seed, device, desc, shift, announce=steps >= 500)
+        eval_n = min(len(x), 10000)
+        meta = {**spec, "n_train": len(idx), "seconds": round(time.time() - start, 1),
+                "train_accuracy": accuracy(net, x[:eval_n], y[:eval_n], device),
+                "test_accuracy": accuracy(net, test.float(), test.labels, device),
+                "data": train.provenance()}
+        store.save_model(path, net.cpu(), meta)
     print(f"{desc}: train acc {meta['train_accuracy']:.3f}, test acc {meta['test_accuracy']:.3f} "
           f"in {meta['seconds']:.0f}s -> {path.name}")
     return net.eval(), meta
 
 
-def get_evaluator_arch(profile: str, target_arch: str) -> str:
+def get_evaluator_arch(profile: str, target_arch: str, overrides: dict | None = None) -> str:
     """The evaluation classifier's architecture: the profile's ``eval_arch``, unless that is the target's."""
-    eval_arch = config.settings(profile, "train_targets").eval_arch
+    eval_arch = config.settings(profile, "train_targets", overrides).eval_arch
     return eval_arch if eval_arch != target_arch else next(a for a in ARCHS if a != target_arch)
 
 
-def get_evaluator(profile: str, dataset: str, target_arch: str):
+def get_evaluator(profile: str, dataset: str, target_arch: str, overrides: dict | None = None):
     """An independent judge of reconstructions: another architecture, another seed, all the data.
 
     It is trained for ``eval_steps`` on images moved by up to ``eval_shift`` pixels: the
     generators are trained to hold their class under such moves (their ``shift``), so
     where a sample sits within a few pixels is arbitrary, and a judge that is not
-    tolerant of it would score placement rather than content."""
-    cfg = config.settings(profile, "train_targets")
-    return get_target(profile, dataset, get_evaluator_arch(profile, target_arch), None, cfg.eval_seed,
-                      steps=cfg.eval_steps, shift=cfg.eval_shift)
+    tolerant of it would score placement rather than content. The first call for a
+    dataset trains it (minutes on a CPU: it says how long before it starts) and
+    caches it for every later one."""
+    cfg = config.settings(profile, "train_targets", overrides)
+    return get_target(profile, dataset, get_evaluator_arch(profile, target_arch, overrides), None, cfg.eval_seed,
+                      steps=cfg.eval_steps, shift=cfg.eval_shift, overrides=overrides)
