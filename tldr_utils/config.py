@@ -8,6 +8,7 @@ replaces the settings it names (each whole: a dict setting is not merged). ``set
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -144,6 +145,15 @@ def _device_ok(v) -> bool:
         return False
 
 
+def _attack_settings_ok(name: str, value) -> bool:
+    from . import attacks
+
+    if not isinstance(value, dict):
+        return False
+    attacks.resolve(name, value)  # raises with the attack's own message on a bad key or value
+    return True
+
+
 _SIZE = _whole(1, "every training image")
 _SIZES = _list_of(_SIZE)
 _FLAG = (lambda v: isinstance(v, bool)), "true or false"
@@ -177,7 +187,29 @@ RULES = {
     "min_test_accuracy": (lambda v: isinstance(v, dict) and all(k in _datasets() and _real(0, 1)[0](a)
                                                                for k, a in v.items()),
                           "a dict from dataset name to an accuracy between 0 and 1"),
+    # the attacks section: each optimisation attack's settings, checked by the attack itself
+    **{name: (functools.partial(_attack_settings_ok, name), f"a dict of {name} settings (tldr_utils.attacks)")
+       for name in ("deepinversion", "miface", "bn_classwise")},
+    "per_class": _whole(1), "evaluator_steps": _whole(1), "resamples": _whole(100),
 }
+
+
+GENERATOR_SECTIONS = {"inversion": "invert", "tldr": "reconstruct"}  # where a profile keeps these attacks' settings
+
+
+def attack_settings(profile: str, name: str, overrides: dict | None = None) -> dict:
+    """The settings of attack ``name`` that ``profile`` gives (then ``overrides``): for
+    ``inversion`` and ``tldr`` the attack's keys of their notebook sections, for the
+    others their entry in the ``attacks`` section."""
+    from . import attacks
+
+    attack = attacks.get(name)
+    if name in GENERATOR_SECTIONS:
+        cfg = settings(profile, GENERATOR_SECTIONS[name])
+        chosen = {k: cfg[k] for k in attack.defaults if k in cfg}
+    else:
+        chosen = dict(settings(profile, "attacks")[name])
+    return attacks.resolve(name, {**chosen, **(overrides or {})})
 
 
 def check(cfg: dict, where: str = "settings") -> None:

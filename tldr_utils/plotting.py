@@ -90,11 +90,11 @@ def evaluator_confusion(results: dict[str, dict]):
     return fig
 
 
-def save_figure(fig, stem: str | Path, caption: str) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.pdf``, and its caption as ``stem.txt``."""
+def save_figure(fig, stem: str | Path, caption: str, formats=("png", "pdf")) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (or the ``formats`` given), and its caption as ``stem.txt``."""
     stem = Path(stem)
     paths = []
-    for ext in ("png", "pdf"):
+    for ext in formats:
         path = stem.with_suffix(f".{ext}")
         with atomic_path(path) as tmp:
             # no creation date in the PDF, so an unchanged figure stays byte-identical in git

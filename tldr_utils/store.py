@@ -117,6 +117,16 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def tensor_hash(*tensors: torch.Tensor) -> str:
+    """The sha256 of the tensors' values (and shapes), e.g. to name an artifact built from given data."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_model(path, model: torch.nn.Module, meta: dict) -> None:
     """The model's weights and a JSON-able ``meta`` dict, in one safetensors file."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -1,0 +1,174 @@
+"""Every attack behind one interface: a frozen classifier in, reconstructions and their cost out.
+
+An attack is registered under one name with its default settings (plain
+literals) and the rule each setting must satisfy. ``reconstruct`` is the one
+way to run any of them::
+
+    from tldr_utils import attacks
+    r = attacks.reconstruct("deepinversion", model, (1, 28, 28), 10, per_class=10, settings={"steps": 500})
+    r.images, r.labels, r.cost   # N x C x H x W in [0, 1], class-sorted; CPU and wall seconds, steps
+
+``model`` is any ``nn.Module`` mapping N x C x H x W images in [0, 1] to logits.
+Terms that need the model's penultimate features read them with a forward hook
+on the input of its last ``nn.Linear`` (or the layer named by ``feature_layer``);
+a term the model cannot support, such as the batch-norm prior of a model
+without batch norm, is skipped with a warning naming it. Settings are checked
+(unknown keys and out-of-range values refused) before any work starts.
+
+Registered: ``inversion`` and ``tldr`` (one conditioned generator, the paper's
+methods), ``deepinversion`` (Yin et al. 2020), ``miface`` (Fredrikson et al.
+2015) and ``bn_classwise`` (Soufleri et al. 2022). Profiles are not read here:
+``config.attack_settings`` turns a profile into an attack's settings at the edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..hooks import feature_input
+
+
+@dataclass
+class Reconstruction:
+    """What an attack returns: images in [0, 1] (class-sorted), their labels, its cost, and what it skipped."""
+
+    attack: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    cost: dict
+    settings: dict
+    skipped: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # e.g. the trained generator of the generator attacks
+
+
+@dataclass
+class Attack:
+    name: str
+    run: Callable  # run(problem, settings, seed) -> (images, labels, steps, extra)
+    defaults: dict
+    rules: dict
+    about: str
+    needs: tuple = ()  # what the attack takes beyond the model: "class_stats" for bn_classwise
+
+
+@dataclass
+class Problem:
+    """The frozen classifier and what every attack needs to know about it."""
+
+    model: nn.Module
+    image_shape: tuple
+    num_classes: int
+    per_class: int
+    device: torch.device
+    feature_layer: str | None = None
+    class_stats: dict | None = None  # bn_classwise: per-class batch-norm input statistics, from the data owner
+    skipped: list = field(default_factory=list)
+
+    def skip(self, term: str, why: str) -> None:
+        """Record and warn once that ``term`` cannot be used on this model."""
+        if term not in self.skipped:
+            self.skipped.append(term)
+            warnings.warn(f"the '{term}' term is skipped: {why}", stacklevel=3)
+
+
+ATTACKS: dict[str, Attack] = {}
+
+
+def register(name: str, defaults: dict, rules: dict, about: str, needs: tuple = ()):
+    """Decorator: ``fn(problem, settings, seed) -> (images, labels, steps, extra)`` becomes attack ``name``."""
+    missing = sorted(set(defaults) - set(rules))
+    if missing:
+        raise ValueError(f"attack {name!r}: settings {missing} have no rule")
+
+    def wrap(fn):
+        ATTACKS[name] = Attack(name, fn, defaults, rules, about, needs)
+        return fn
+    return wrap
+
+
+def get(name: str) -> Attack:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    return ATTACKS[name]
+
+
+def resolve(name: str, settings: dict | None = None) -> dict:
+    """The defaults of attack ``name`` with ``settings`` over them, checked: unknown keys and
+    out-of-range values are refused with the valid ones. A ``weights`` dict merges term by term."""
+    attack = get(name)
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(attack.defaults))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} for attack {name!r}; "
+                         f"valid: {', '.join(sorted(attack.defaults))}")
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in attack.defaults.items()}
+    for key, value in settings.items():
+        if isinstance(out[key], dict) and isinstance(value, dict):
+            bad = sorted(set(value) - set(out[key]))
+            if bad:
+                raise ValueError(f"unknown {key} {', '.join(map(repr, bad))} for attack {name!r}; "
+                                 f"valid: {', '.join(out[key])}")
+            value = {**out[key], **value}
+        out[key] = value
+    for key, value in out.items():
+        ok, what = attack.rules[key]
+        if not ok(value):
+            raise ValueError(f"{key} must be {what() if callable(what) else what}; got {value!r} (attack {name!r})")
+    return out
+
+
+def reconstruct(name: str, model: nn.Module, image_shape, num_classes: int, per_class: int,
+                settings: dict | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                feature_layer: str | None = None, class_stats: dict | None = None) -> Reconstruction:
+    """Run attack ``name`` against the frozen ``model``: ``per_class`` images of each of
+    ``num_classes`` classes, of shape ``image_shape`` (C, H, W). The model is left as it came
+    (its mode and which parameters need gradients)."""
+    attack = get(name)
+    cfg = resolve(name, settings)
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (channels, height, width), got {image_shape!r}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be a whole number >= 2, got {num_classes!r}")
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a whole number >= 1, got {per_class!r}")
+    if "class_stats" in attack.needs and class_stats is None:
+        raise ValueError(f"attack {name!r} needs class_stats, the per-class batch-norm statistics that the data "
+                         "owner records: attacks.optimisation.class_statistics(model, images, labels)")
+    problem = Problem(model, shape, num_classes, per_class, torch.device(device), feature_layer, class_stats)
+    feature_input(model, feature_layer)  # a named layer that does not exist is refused before any work
+    with frozen(model):
+        wall, cpu = time.perf_counter(), time.process_time()
+        images, labels, steps, extra = attack.run(problem, cfg, seed)
+        cost = {"cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall, "steps": steps}
+    images = images.detach().cpu().float()
+    if images.shape[1:] != shape or not torch.isfinite(images).all():
+        raise RuntimeError(f"attack {name!r} returned images of shape {tuple(images.shape)} (want N x {shape}) "
+                           "or with non-finite pixels")
+    return Reconstruction(name, images.clamp(0, 1), labels.cpu(), cost, cfg, list(problem.skipped), extra)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """The model in eval mode with no parameter needing a gradient; both restored afterwards."""
+    training = model.training
+    trainable = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), trainable):
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+from . import generator, optimisation  # noqa: E402,F401  (each module registers its attacks)

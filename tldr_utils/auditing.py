@@ -1,0 +1,247 @@
+"""Audit your own classifier: ``tldr_utils.audit(model, train=(x, y), heldout=(x, y))``.
+
+Every registered attack reconstructs images of every class from the model's
+weights alone; each set of reconstructions is then measured against the
+training images *and* against held-out images of the same classes, beside
+two controls that cannot leak: real held-out images the model never saw
+(``control_heldout``) and uniform noise (``control_noise``).
+
+The verdict rests on paired comparisons with intervals (``metrics.paired_leakage``):
+do the same reconstructions sit closer to the training images than to held-out
+ones, and do they single training images out (membership AUC)? Realism and
+coverage are the improved precision and recall in the feature space of an
+evaluation classifier trained on the training images; ``copying_z`` is in the
+table for reference but measures how smooth images are as much as leakage, so
+the verdict never uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import attacks, config, data, inversion, metrics, store, targets
+from .attacks.optimisation import class_statistics
+from .hooks import Features, feature_input
+from .models import build_classifier
+
+CONTROLS = ("control_heldout", "control_noise")
+
+
+@dataclass
+class Audit:
+    """What ``audit`` found: ``table`` (tidy: attack, metric, value, lo, hi), ``verdict`` (a
+    sentence per attack), ``samples`` (attack -> (images, labels)), ``failed`` (attack -> why)."""
+
+    table: pd.DataFrame
+    verdict: str
+    samples: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def value(self, attack: str, metric: str) -> float:
+        row = self.table[(self.table.attack == attack) & (self.table.metric == metric)]
+        if row.empty:
+            raise KeyError(f"no {metric!r} for {attack!r}; attacks: {sorted(self.table.attack.unique())}")
+        return float(row["value"].iloc[0])
+
+    def save(self, folder) -> list[Path]:
+        """The table as ``audit.csv``, the verdict as ``verdict.txt`` and a grid of each attack's
+        reconstructions as ``<attack>.png``; returns the paths written."""
+        from . import plotting
+
+        folder = Path(folder)
+        written = [folder / "audit.csv", folder / "verdict.txt"]
+        with store.atomic_path(written[0]) as tmp:
+            self.table.to_csv(tmp, index=False)
+        with store.atomic_path(written[1]) as tmp:
+            tmp.write_text(self.verdict + "\n")
+        for name, (images, labels) in self.samples.items():
+            classes = [str(k) for k in range(int(labels.max()) + 1)]
+            rows = min(4, int(torch.bincount(labels).min()))
+            fig = plotting.class_grid(images, labels, classes, rows=rows)
+            fig.suptitle(name, x=0.01, ha="left", fontsize=10, fontweight="bold")
+            written += plotting.save_figure(fig, folder / name, f"{name}: reconstructions of every class",
+                                            formats=("png",))
+        return written
+
+
+def _check_images(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise ValueError(f"{name} must be a pair (images, labels), got {type(pair).__name__}")
+    x, y = torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
+    if x.dim() != 4 or not x.is_floating_point() or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{name} images must be finite floats N x C x H x W in [0, 1], got {tuple(x.shape)} "
+                         f"{x.dtype}")
+    if y.dim() != 1 or len(y) != len(x) or y.is_floating_point() or y.min() < 0:
+        raise ValueError(f"{name} labels must be {len(x)} whole numbers >= 0, got shape {tuple(y.shape)} {y.dtype}")
+    return x.float().cpu(), y.long().cpu()
+
+
+def get_evaluator(images, labels, profile: str, seed: int, device) -> torch.nn.Module:
+    """The independent judge for an audit: the profile's evaluation architecture (a ViT
+    where the image sides allow it, else an MLP) trained on the training images, cached in
+    ``runs/<profile>/evaluators`` under a hash of the data and its settings."""
+    cfg, audit_cfg = config.settings(profile, "train_targets"), config.settings(profile, "audit")
+    shape, num_classes = tuple(images.shape[1:]), int(labels.max()) + 1
+    arch = cfg.eval_arch if shape[1] % 4 == 0 and shape[2] % 4 == 0 else "mlp"
+    spec = {"arch": arch, "steps": audit_cfg.evaluator_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "shift": cfg.eval_shift, "seed": seed + 1, "data": store.tensor_hash(images, labels)}
+    path = config.run_dir(profile) / "evaluators" / f"{arch}_{store.config_hash(spec)}.safetensors"
+    torch.manual_seed(seed + 1)
+    net = build_classifier(arch, shape, num_classes)
+    with store.exclusive(path):
+        if path.exists():
+            store.load_model(path, net)
+            return net.eval()
+        print(f"training the audit's evaluation classifier ({arch}, {spec['steps']} steps) -> {path}", flush=True)
+        targets.train_classifier(net, images, labels, spec["steps"], cfg.batch_size, cfg.lr, seed + 1,
+                                 device, desc="audit evaluator", shift=cfg.eval_shift,
+                                 announce=spec["steps"] >= 500)
+        store.save_model(path, net.cpu(), spec)
+    return net.eval()
+
+
+@torch.no_grad()
+def _features(net, images, device) -> torch.Tensor:
+    layer = feature_input(net)
+    out = []
+    with Features(layer) as f:
+        for i in range(0, len(images), 500):
+            net.to(device).eval()(images[i:i + 500].to(device))
+            out.append(f.value.flatten(1).cpu())
+    return torch.cat(out)
+
+
+def audit(model: torch.nn.Module, train, heldout, attacks_to_run=None, profile: str = config.DEFAULT_PROFILE,
+          seed: int = 0, evaluator: torch.nn.Module | None = None, feature_layer: str | None = None,
+          device: str | None = None, settings: dict | None = None) -> Audit:
+    """Reconstruct training data from ``model`` with every attack and say whether it leaks.
+
+    ``train`` and ``heldout`` are pairs (images N x C x H x W in [0, 1], integer labels):
+    the images the model was trained on, and images of the same classes it never saw.
+    ``attacks_to_run`` (default: every registered attack) names the attacks; ``profile``
+    sets their scale (``smoke`` for a quick look, ``cpu`` for real numbers) and
+    ``settings`` ({attack: {setting: value}}) overrides single settings. ``evaluator`` is
+    the independent judge (default: trained here on ``train`` and cached).
+    """
+    x_train, y_train = _check_images("train", train)
+    x_held, y_held = _check_images("heldout", heldout)
+    names = list(attacks_to_run) if attacks_to_run is not None else list(attacks.ATTACKS)
+    for name in names:
+        attacks.get(name)
+    unknown = sorted(set(settings or {}) - set(names))
+    if unknown:
+        raise ValueError(f"settings name attacks that are not run: {unknown}; attacks run: {names}")
+    if x_held.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"heldout images are {tuple(x_held.shape[1:])}, train images {tuple(x_train.shape[1:])}")
+    cfg = config.settings(profile, "audit")
+    resolved = {n: config.attack_settings(profile, n, (settings or {}).get(n)) for n in names}  # all checked first
+    device = torch.device(device or config.device(cfg))
+    shape, num_classes = tuple(x_train.shape[1:]), int(torch.cat([y_train, y_held]).max()) + 1
+    counts = torch.bincount(y_held, minlength=num_classes)
+    half = int(counts.min()) // 2
+    if half < 4:
+        raise ValueError(f"heldout needs at least 8 images of every class (half compared with the attacks, half "
+                         f"standing in for reconstructions), but class {int(counts.argmin())} has {int(counts.min())}")
+    ref = data.heldout_indices(y_held, half, seed)
+    control = data.heldout_indices(y_held, half, seed + 1, exclude=ref)
+    x_ref, y_ref = x_held[ref], y_held[ref]
+    judge = evaluator if evaluator is not None else get_evaluator(x_train, y_train, profile, seed, device)
+    real_features = _features(judge, x_ref, device)
+
+    def score(name, images, labels, cost=None) -> list[dict]:
+        leak = metrics.leakage_report(images, labels, x_train, y_train, x_ref, y_ref, seed=seed)
+        paired = metrics.paired_leakage(images, labels, x_train, y_train, x_ref, y_ref, seed, cfg.resamples)
+        precision, recall = metrics.precision_recall_by_class(real_features, y_ref, _features(judge, images, device),
+                                                              labels)
+        values = {"target_accuracy": targets.accuracy(model, images, labels, device),
+                  "evaluator_accuracy": targets.accuracy(judge, images, labels, device),
+                  "precision": precision, "recall": recall, "within_class_ssim": leak["within_class_ssim"],
+                  "nn_ssim_train": leak["nn_ssim_train"], "nn_ssim_heldout": leak["nn_ssim_heldout"],
+                  "nn_ssim_gap": leak["nn_ssim_gap"], "identifiability": leak["identifiability"],
+                  "copying_z": leak["copying_z"]}
+        rows = [{"attack": name, "metric": m, "value": v, "lo": math.nan, "hi": math.nan} for m, v in values.items()]
+        for m in ("l2_diff", "membership_auc"):
+            rows.append({"attack": name, "metric": m, "value": paired[m], "lo": paired[f"{m}_lo"],
+                         "hi": paired[f"{m}_hi"]})
+        rows.append({"attack": name, "metric": "l2_diff_p", "value": paired["l2_diff_p"], "lo": math.nan,
+                     "hi": math.nan})
+        for m, v in (cost or {}).items():
+            rows.append({"attack": name, "metric": m, "value": float(v), "lo": math.nan, "hi": math.nan})
+        if cost:
+            rows.append({"attack": name, "metric": "cpu_seconds_per_image", "value": cost["cpu_seconds"] / len(images),
+                         "lo": math.nan, "hi": math.nan})
+        return rows
+
+    rows, samples, failed, skipped = [], {}, {}, {}
+    stats = class_statistics(model, x_train, y_train, device=device) if "bn_classwise" in names else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in names:
+            try:
+                r = attacks.reconstruct(name, model, shape, num_classes, cfg.per_class, resolved[name], seed, device,
+                                        feature_layer, class_stats=stats)
+            except inversion.DegenerateRun as err:
+                failed[name] = str(err)
+                continue
+            samples[name] = (r.images, r.labels)
+            skipped[name] = r.skipped
+            rows += score(name, r.images, r.labels, r.cost)
+            rows += [{"attack": name, "metric": f"skipped_{t}", "value": 1.0, "lo": math.nan, "hi": math.nan}
+                     for t in r.skipped]
+    for w in caught:  # shown once each, after the progress bars
+        warnings.warn(w.message, w.category, stacklevel=2)
+    noise = torch.rand(len(control), *shape, generator=torch.Generator().manual_seed(seed))
+    rows += score("control_heldout", x_held[control], y_held[control])
+    rows += score("control_noise", noise, y_held[control])
+    table = pd.DataFrame(rows)
+    return Audit(table, _verdict(table, names, failed, skipped), samples, failed)
+
+
+def _interval(t: pd.DataFrame, attack: str, metric: str, fmt: str) -> str:
+    row = t[(t.attack == attack) & (t.metric == metric)].iloc[0]
+    return f"{fmt.format(row['value'])} [{fmt.format(row['lo'])}, {fmt.format(row['hi'])}]"
+
+
+def _verdict(t: pd.DataFrame, names, failed: dict, skipped: dict) -> str:
+    def v(attack, metric):
+        return float(t[(t.attack == attack) & (t.metric == metric)]["value"].iloc[0])
+
+    lines = []
+    for name in names:
+        if name in failed:
+            lines.append(f"{name}: failed, so it says nothing either way. {failed[name]}")
+            continue
+        n = int(round(v(name, "cpu_seconds") / v(name, "cpu_seconds_per_image")))
+        closer_hi, closer_lo = (t[(t.attack == name) & (t.metric == "l2_diff")][["hi", "lo"]].iloc[0])
+        auc_lo = float(t[(t.attack == name) & (t.metric == "membership_auc")]["lo"].iloc[0])
+        closer, singles = closer_hi < 0, auc_lo > 0.5
+        evidence = (f"nearest-neighbour L2 to training minus to held-out images {_interval(t, name, 'l2_diff', '{:+.3f}')}"
+                    f", Wilcoxon p = {v(name, 'l2_diff_p'):.2g}; membership AUC "
+                    f"{_interval(t, name, 'membership_auc', '{:.3f}')}, 0.5 = none")
+        if closer and singles:
+            leak = f"They leak training data: they sit closer to the training images than to held-out ones and single training images out ({evidence})."
+        elif closer or singles:
+            leak = (f"Weak evidence of leakage: they {'sit closer to the training images' if closer else 'single training images out'}"
+                    f" but {'do not single training images out' if closer else 'sit no closer to them than to held-out ones'} ({evidence}).")
+        elif closer_lo > 0:
+            leak = (f"No sign of leakage: they sit farther from the training images than from held-out ones "
+                    f"({evidence}).")
+        else:
+            leak = f"No sign of leakage: they sit as close to held-out images as to training images ({evidence})."
+        skip = f" Skipped on this model: {', '.join(skipped[name])}." if skipped.get(name) else ""
+        lines.append(f"{name}: the evaluator recognises {v(name, 'evaluator_accuracy'):.0%} of its {n} reconstructions "
+                     f"(real held-out images: {v('control_heldout', 'evaluator_accuracy'):.0%}), the target "
+                     f"{v(name, 'target_accuracy'):.0%}; precision {v(name, 'precision'):.2f}, recall "
+                     f"{v(name, 'recall'):.2f} (real held-out images: {v('control_heldout', 'precision'):.2f}, "
+                     f"{v('control_heldout', 'recall'):.2f}). {leak}{skip}")
+    lines.append(f"control_heldout (real images the model never saw, in place of reconstructions): membership AUC "
+                 f"{_interval(t, 'control_heldout', 'membership_auc', '{:.3f}')}, L2 difference "
+                 f"{_interval(t, 'control_heldout', 'l2_diff', '{:+.3f}')}: the spread that no leakage gives.")
+    return "\n".join(lines)
