@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import attacks, config, data, inversion, metrics, store, targets
+from . import attacks as registry
+from . import config, data, inversion, metrics, store, targets
 from .attacks.optimisation import class_statistics
 from .hooks import Features, feature_input
 from .models import build_classifier
@@ -83,14 +84,14 @@ def _check_images(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
     return x.float().cpu(), y.long().cpu()
 
 
-def get_evaluator(images, labels, profile: str, seed: int, device) -> torch.nn.Module:
+def get_evaluator(images, labels, profile: str, seed: int, device, steps: int) -> torch.nn.Module:
     """The independent judge for an audit: the profile's evaluation architecture (a ViT
     where the image sides allow it, else an MLP) trained on the training images, cached in
     ``runs/<profile>/evaluators`` under a hash of the data and its settings."""
-    cfg, audit_cfg = config.settings(profile, "train_targets"), config.settings(profile, "audit")
+    cfg = config.settings(profile, "train_targets")
     shape, num_classes = tuple(images.shape[1:]), int(labels.max()) + 1
     arch = cfg.eval_arch if shape[1] % 4 == 0 and shape[2] % 4 == 0 else "mlp"
-    spec = {"arch": arch, "steps": audit_cfg.evaluator_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+    spec = {"arch": arch, "steps": steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "shift": cfg.eval_shift, "seed": seed + 1, "data": store.tensor_hash(images, labels)}
     path = config.run_dir(profile) / "evaluators" / f"{arch}_{store.config_hash(spec)}.safetensors"
     torch.manual_seed(seed + 1)
@@ -118,30 +119,37 @@ def _features(net, images, device) -> torch.Tensor:
     return torch.cat(out)
 
 
-def audit(model: torch.nn.Module, train, heldout, attacks_to_run=None, profile: str = config.DEFAULT_PROFILE,
+def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = config.DEFAULT_PROFILE,
           seed: int = 0, evaluator: torch.nn.Module | None = None, feature_layer: str | None = None,
-          device: str | None = None, settings: dict | None = None) -> Audit:
+          device: str | None = None, settings: dict | None = None, overrides: dict | None = None) -> Audit:
     """Reconstruct training data from ``model`` with every attack and say whether it leaks.
 
     ``train`` and ``heldout`` are pairs (images N x C x H x W in [0, 1], integer labels):
     the images the model was trained on, and images of the same classes it never saw.
-    ``attacks_to_run`` (default: every registered attack) names the attacks; ``profile``
-    sets their scale (``smoke`` for a quick look, ``cpu`` for real numbers) and
-    ``settings`` ({attack: {setting: value}}) overrides single settings. ``evaluator`` is
-    the independent judge (default: trained here on ``train`` and cached).
+    ``attacks`` (default: every registered attack) names the attacks; ``profile``
+    sets their scale (``smoke`` for a quick look, ``cpu`` for real numbers): its ``audit``
+    section (changed by ``overrides``) gives the images per class, the generators' steps,
+    the evaluator's steps and the bootstrap resamples, and ``settings``
+    ({attack: {setting: value}}) changes single settings of an attack. ``evaluator`` is the
+    independent judge (default: trained here on ``train`` and cached); ``feature_layer``
+    names the layer whose input is the model's penultimate features (default: its last
+    ``nn.Linear``).
     """
     x_train, y_train = _check_images("train", train)
     x_held, y_held = _check_images("heldout", heldout)
-    names = list(attacks_to_run) if attacks_to_run is not None else list(attacks.ATTACKS)
+    names = list(attacks) if attacks is not None else list(registry.ATTACKS)
     for name in names:
-        attacks.get(name)
+        registry.get(name)
     unknown = sorted(set(settings or {}) - set(names))
     if unknown:
         raise ValueError(f"settings name attacks that are not run: {unknown}; attacks run: {names}")
     if x_held.shape[1:] != x_train.shape[1:]:
         raise ValueError(f"heldout images are {tuple(x_held.shape[1:])}, train images {tuple(x_train.shape[1:])}")
-    cfg = config.settings(profile, "audit")
-    resolved = {n: config.attack_settings(profile, n, (settings or {}).get(n)) for n in names}  # all checked first
+    cfg = config.settings(profile, "audit", overrides)
+    resolved = {}  # every attack's settings, checked before any work
+    for n in names:
+        steps = {"steps": cfg.generator_steps} if n in config.GENERATOR_SECTIONS else {}
+        resolved[n] = config.attack_settings(profile, n, {**steps, **(settings or {}).get(n, {})})
     device = torch.device(device or config.device(cfg))
     shape, num_classes = tuple(x_train.shape[1:]), int(torch.cat([y_train, y_held]).max()) + 1
     counts = torch.bincount(y_held, minlength=num_classes)
@@ -152,7 +160,8 @@ def audit(model: torch.nn.Module, train, heldout, attacks_to_run=None, profile: 
     ref = data.heldout_indices(y_held, half, seed)
     control = data.heldout_indices(y_held, half, seed + 1, exclude=ref)
     x_ref, y_ref = x_held[ref], y_held[ref]
-    judge = evaluator if evaluator is not None else get_evaluator(x_train, y_train, profile, seed, device)
+    judge = evaluator if evaluator is not None else get_evaluator(x_train, y_train, profile, seed, device,
+                                                                 cfg.evaluator_steps)
     real_features = _features(judge, x_ref, device)
 
     def score(name, images, labels, cost=None) -> list[dict]:
@@ -185,7 +194,7 @@ def audit(model: torch.nn.Module, train, heldout, attacks_to_run=None, profile: 
         warnings.simplefilter("always")
         for name in names:
             try:
-                r = attacks.reconstruct(name, model, shape, num_classes, cfg.per_class, resolved[name], seed, device,
+                r = registry.reconstruct(name, model, shape, num_classes, cfg.per_class, resolved[name], seed, device,
                                         feature_layer, class_stats=stats)
             except inversion.DegenerateRun as err:
                 failed[name] = str(err)

@@ -190,7 +190,8 @@ RULES = {
     # the attacks section: each optimisation attack's settings, checked by the attack itself
     **{name: (functools.partial(_attack_settings_ok, name), f"a dict of {name} settings (tldr_utils.attacks)")
        for name in ("deepinversion", "miface", "bn_classwise")},
-    "per_class": _whole(1), "evaluator_steps": _whole(1), "resamples": _whole(100),
+    "per_class": _whole(4), "evaluator_steps": _whole(1), "resamples": _whole(100),
+    "dataset": _choice(_datasets), "model_steps": _whole(1),
 }
 
 
