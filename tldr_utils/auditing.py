@@ -29,7 +29,6 @@ import torch
 from . import attacks as registry
 from . import config, data, inversion, metrics, store, targets
 from .attacks.optimisation import class_statistics
-from .hooks import Features, feature_input
 from .models import build_classifier
 
 CONTROLS = ("control_heldout", "control_noise")
@@ -108,17 +107,6 @@ def get_evaluator(images, labels, profile: str, seed: int, device, steps: int) -
     return net.eval()
 
 
-@torch.no_grad()
-def _features(net, images, device) -> torch.Tensor:
-    layer = feature_input(net)
-    out = []
-    with Features(layer) as f:
-        for i in range(0, len(images), 500):
-            net.to(device).eval()(images[i:i + 500].to(device))
-            out.append(f.value.flatten(1).cpu())
-    return torch.cat(out)
-
-
 def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = config.DEFAULT_PROFILE,
           seed: int = 0, evaluator: torch.nn.Module | None = None, feature_layer: str | None = None,
           device: str | None = None, settings: dict | None = None, overrides: dict | None = None) -> Audit:
@@ -162,30 +150,20 @@ def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = c
     x_ref, y_ref = x_held[ref], y_held[ref]
     judge = evaluator if evaluator is not None else get_evaluator(x_train, y_train, profile, seed, device,
                                                                  cfg.evaluator_steps)
-    real_features = _features(judge, x_ref, device)
+    real_features = metrics.penultimate_features(judge, x_ref, device)
 
     def score(name, images, labels, cost=None) -> list[dict]:
-        leak = metrics.leakage_report(images, labels, x_train, y_train, x_ref, y_ref, seed=seed)
-        paired = metrics.paired_leakage(images, labels, x_train, y_train, x_ref, y_ref, seed, cfg.resamples)
-        precision, recall = metrics.precision_recall_by_class(real_features, y_ref, _features(judge, images, device),
-                                                              labels)
-        values = {"target_accuracy": targets.accuracy(model, images, labels, device),
-                  "evaluator_accuracy": targets.accuracy(judge, images, labels, device),
-                  "precision": precision, "recall": recall, "within_class_ssim": leak["within_class_ssim"],
-                  "nn_ssim_train": leak["nn_ssim_train"], "nn_ssim_heldout": leak["nn_ssim_heldout"],
-                  "nn_ssim_gap": leak["nn_ssim_gap"], "identifiability": leak["identifiability"],
-                  "copying_z": leak["copying_z"]}
-        rows = [{"attack": name, "metric": m, "value": v, "lo": math.nan, "hi": math.nan} for m, v in values.items()]
-        for m in ("l2_diff", "membership_auc"):
-            rows.append({"attack": name, "metric": m, "value": paired[m], "lo": paired[f"{m}_lo"],
-                         "hi": paired[f"{m}_hi"]})
-        rows.append({"attack": name, "metric": "l2_diff_p", "value": paired["l2_diff_p"], "lo": math.nan,
-                     "hi": math.nan})
-        for m, v in (cost or {}).items():
-            rows.append({"attack": name, "metric": m, "value": float(v), "lo": math.nan, "hi": math.nan})
+        values = metrics.attack_scores(images, labels, model, judge, (x_train, y_train), (x_ref, y_ref),
+                                       real_features, seed, cfg.resamples, device)
         if cost:
-            rows.append({"attack": name, "metric": "cpu_seconds_per_image", "value": cost["cpu_seconds"] / len(images),
-                         "lo": math.nan, "hi": math.nan})
+            values |= {k: float(v) for k, v in cost.items()}
+            values["cpu_seconds_per_image"] = cost["cpu_seconds"] / len(images)
+        rows = []
+        for m, v in values.items():
+            if m.endswith(("_lo", "_hi")):
+                continue
+            rows.append({"attack": name, "metric": m, "value": v, "lo": values.get(f"{m}_lo", math.nan),
+                         "hi": values.get(f"{m}_hi", math.nan)})
         return rows
 
     rows, samples, failed, skipped = [], {}, {}, {}

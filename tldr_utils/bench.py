@@ -1,5 +1,7 @@
-"""``make bench``: what a generator step costs for plain inversion and for full TLDR, and
-how fast a trained generator samples.
+"""``make bench``: what a generator step costs for plain inversion and for full TLDR, how
+fast a trained generator samples, what a DeepInversion step costs, and from these the
+CPU cost per image of each attack (a generator's training amortised over 1,000 and
+10,000 images, against DeepInversion's per-batch optimisation).
 
 Each case runs in its own fresh process, so its peak memory is its own and not
 the high-water mark of every case before it. A case is timed ``repeats`` times
@@ -27,7 +29,8 @@ import torch
 from . import config, inversion, store
 from .models import build_classifier
 
-CASES = ("inversion", "tldr", "sampling")
+CASES = ("inversion", "tldr", "sampling", "deepinversion")
+AMORTISED = (1000, 10000)  # image counts at which a generator's training is spread over its images
 
 
 def _generator_kwargs(cfg, device) -> dict:
@@ -50,6 +53,15 @@ def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, ste
         def work():
             inversion.sample(G, per_class, device=device)
         what, unit = "sampling (200 images)", "ms/image"
+    elif case == "deepinversion":
+        from . import attacks
+
+        di = config.attack_settings(profile, "deepinversion", {"steps": steps})
+        units = steps
+
+        def work():  # one batch: batch_size images, each class batch_size / 10 times
+            attacks.reconstruct("deepinversion", net, shape, 10, di["batch_size"] // 10, di, device=device)
+        what, unit = f"deepinversion step (batch {di['batch_size']})", "ms/step"
     else:
         kwargs = _generator_kwargs(cfg, device)
         units = steps
@@ -102,9 +114,28 @@ def run(profile: str, arch: str = "cnn", shape=(1, 28, 28), repeats: int = 5, st
               "load_before": load, "machine": platform.processor() or platform.machine(),
               "tldr_over_inversion": {"median": tldr["median"] / inv["median"],
                                       "min": tldr["min"] / inv["max"], "max": tldr["max"] / inv["min"]},
+              "per_image": per_image_costs(profile, {r["case"]: r for r in rows}),
               "rows": rows, "environment": store.environment()}
     store.write_json(config.run_dir(profile) / "bench.json", result)
     return result
+
+
+def per_image_costs(profile: str, rows: dict) -> dict:
+    """CPU milliseconds per image of each attack at the profile's settings, from the measured
+    medians: a generator's training spread over ``AMORTISED`` images plus the draws of each
+    image (``oversample`` of them), against DeepInversion, whose every batch is optimised anew."""
+    from . import attacks  # noqa: F401  (registers the attacks that attack_settings reads)
+
+    di = config.attack_settings(profile, "deepinversion")
+    out = {"deepinversion": di["steps"] * rows["deepinversion"]["cpu_ms"]["median"] / di["batch_size"]}
+    sample = rows["sampling"]["cpu_ms"]["median"]
+    for method in ("inversion", "tldr"):
+        cfg = config.attack_settings(profile, method)
+        for n in AMORTISED:
+            out[f"{method}_at_{n}"] = (cfg["steps"] * rows[method]["cpu_ms"]["median"] / n
+                                       + cfg["oversample"] * sample)
+            out[f"deepinversion_over_{method}_at_{n}"] = out["deepinversion"] / out[f"{method}_at_{n}"]
+    return out
 
 
 def main(argv=None):
@@ -130,7 +161,13 @@ def main(argv=None):
               + f"{c['median']:>10.2f} [{c['min']:.2f} - {c['max']:.2f}]".rjust(24) + f"{row['peak_mib']:>10.0f}")
     ratio = r["tldr_over_inversion"]
     print(f"TLDR step / inversion step (wall): {ratio['median']:.2f}x [{ratio['min']:.2f} - {ratio['max']:.2f}]; "
-          f"peak MiB is the {r['rows'][0]['peak_of']} -> {config.run_dir(args.profile) / 'bench.json'}")
+          f"peak MiB is the {r['rows'][0]['peak_of']}")
+    cost = r["per_image"]
+    print(f"CPU ms per image at the profile's settings: deepinversion {cost['deepinversion']:.0f}; "
+          + "; ".join(f"{m} {cost[f'{m}_at_{n}']:.1f} over {n:,} images "
+                      f"(deepinversion {cost[f'deepinversion_over_{m}_at_{n}']:.0f}x)"
+                      for m in ("inversion", "tldr") for n in AMORTISED)
+          + f" -> {config.run_dir(args.profile) / 'bench.json'}")
 
 
 if __name__ == "__main__":

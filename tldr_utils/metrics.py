@@ -218,3 +218,42 @@ def paired_leakage(recon, recon_labels, train, train_labels, heldout, heldout_la
             "l2_diff_hi": float(np.percentile(means, 97.5)), "l2_diff_p": p,
             "membership_auc": auc, "membership_auc_lo": float(np.percentile(aucs, 2.5)),
             "membership_auc_hi": float(np.percentile(aucs, 97.5))}
+
+
+@torch.no_grad()
+def penultimate_features(net, images: torch.Tensor, device="cpu", batch_size: int = 500) -> torch.Tensor:
+    """What enters the last ``nn.Linear`` of ``net`` for each image (its penultimate features),
+    read by a forward hook: the space for precision and recall."""
+    from .hooks import Features, feature_input
+
+    layer = feature_input(net)
+    if layer is None:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear whose input could serve as its features")
+    net = net.to(device).eval()
+    out = []
+    with Features(layer) as f:
+        for i in range(0, len(images), batch_size):
+            net(images[i:i + batch_size].to(device))
+            out.append(f.value.flatten(1).cpu())
+    return torch.cat(out)
+
+
+def attack_scores(images, labels, model, judge, train, reference, real_features=None, seed: int = 0,
+                  resamples: int = 1000, device="cpu") -> dict:
+    """Everything measured on one set of reconstructions (or a control): the target's and the
+    independent ``judge``'s accuracy, precision and recall in the judge's feature space against
+    the real ``reference`` images (held out, same classes), within-class SSIM, the leakage
+    report against ``train`` and ``reference``, and the paired leakage with its intervals.
+    ``train`` and ``reference`` are pairs (images, labels)."""
+    if real_features is None:
+        real_features = penultimate_features(judge, reference[0], device)
+    leak = leakage_report(images, labels, *train, *reference, seed=seed)
+    paired = paired_leakage(images, labels, *train, *reference, seed, resamples)
+    precision, recall = precision_recall_by_class(real_features, reference[1],
+                                                  penultimate_features(judge, images, device), labels)
+    scores = {"target_accuracy": targets.accuracy(model, images, labels, device),
+              "evaluator_accuracy": targets.accuracy(judge, images, labels, device),
+              "precision": precision, "recall": recall}
+    scores |= {k: leak[k] for k in ("within_class_ssim", "nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap",
+                                    "identifiability", "copying_z")}
+    return scores | paired

@@ -27,11 +27,13 @@ import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from .. import store
 from ..hooks import feature_input
 
 
@@ -126,12 +128,32 @@ def resolve(name: str, settings: dict | None = None) -> dict:
 
 def reconstruct(name: str, model: nn.Module, image_shape, num_classes: int, per_class: int,
                 settings: dict | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                feature_layer: str | None = None, class_stats: dict | None = None) -> Reconstruction:
+                feature_layer: str | None = None, class_stats: dict | None = None,
+                cache: str | Path | None = None) -> Reconstruction:
     """Run attack ``name`` against the frozen ``model``: ``per_class`` images of each of
     ``num_classes`` classes, of shape ``image_shape`` (C, H, W). The model is left as it came
-    (its mode and which parameters need gradients)."""
+    (its mode and which parameters need gradients). With ``cache`` (a folder), the result is
+    kept there under a hash of the model's weights and every choice, and loaded the next time
+    (its cost is the one measured when it was made)."""
     attack = get(name)
     cfg = resolve(name, settings)
+    if cache is not None:
+        key = {"attack": name, "settings": cfg, "shape": list(image_shape), "num_classes": num_classes,
+               "per_class": per_class, "seed": seed, "feature_layer": feature_layer,
+               "model": store.tensor_hash(*model.state_dict().values()),
+               "class_stats": None if class_stats is None else store.tensor_hash(
+                   *[t for k in sorted(class_stats) for pair in class_stats[k] for t in pair])}
+        path = Path(cache) / f"{name}_{store.config_hash(key)}.safetensors"
+        with store.exclusive(path):
+            if path.exists():
+                saved, meta = store.load_tensors(path), store.load_meta(path)
+                return Reconstruction(name, saved["images"], saved["labels"], meta["cost"], meta["settings"],
+                                      meta["skipped"])
+            r = reconstruct(name, model, image_shape, num_classes, per_class, cfg, seed, device, feature_layer,
+                            class_stats)
+            store.save_tensors(path, {"images": r.images, "labels": r.labels},
+                               {"cost": r.cost, "settings": r.settings, "skipped": r.skipped})
+            return r
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"image_shape must be (channels, height, width), got {image_shape!r}")
@@ -147,7 +169,8 @@ def reconstruct(name: str, model: nn.Module, image_shape, num_classes: int, per_
     with frozen(model):
         wall, cpu = time.perf_counter(), time.process_time()
         images, labels, steps, extra = attack.run(problem, cfg, seed)
-        cost = {"cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall, "steps": steps}
+        cost = {"cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall, "steps": steps,
+                **extra.pop("cost", {})}
     images = images.detach().cpu().float()
     if images.shape[1:] != shape or not torch.isfinite(images).all():
         raise RuntimeError(f"attack {name!r} returned images of shape {tuple(images.shape)} (want N x {shape}) "

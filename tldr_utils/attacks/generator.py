@@ -10,6 +10,8 @@ Defaults are those of the ``cpu`` profile's ``invert`` and ``reconstruct`` secti
 
 from __future__ import annotations
 
+import time
+
 from .. import config, inversion
 from . import Problem, register
 
@@ -32,15 +34,21 @@ def train_and_sample(problem: Problem, cfg: dict, seed: int):
     weights, dropped = inversion.supported(net, cfg["weights"], problem.feature_layer)
     for term, why in dropped.items():
         problem.skip(term, why)
+    start = time.process_time()
     G, history = inversion.train_generator(
         net, problem.image_shape, problem.num_classes, weights, conditioning=cfg["conditioning"], hot=cfg["hot"],
         soft_scale=cfg["soft_scale"], steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
         epsilon=cfg["epsilon"], perturbation=cfg["perturbation"], shift=cfg["shift"], warmup=cfg["warmup"],
         target_dropout=cfg["target_dropout"], seed=seed, device=problem.device, feature_layer=problem.feature_layer)
+    trained = time.process_time()
     inversion.check_not_degenerate(G, net, config.Settings(cfg, seed=seed), "generator")
+    checked = time.process_time()
     images, labels = inversion.sample(G, problem.per_class, hot=cfg["hot"], seed=seed, device=problem.device,
                                       soft_scale=cfg["soft_scale"], target=net, oversample=cfg["oversample"])
-    return images, labels, cfg["steps"], {"generator": G, "history": history}
+    # the two parts of the cost: training once, then drawing (and selecting) each image
+    cost = {"train_cpu_seconds": trained - start,
+            "sample_cpu_seconds_per_image": (time.process_time() - checked) / len(images)}
+    return images, labels, cfg["steps"], {"generator": G, "history": history, "cost": cost}
 
 
 register("inversion", INVERSION, _rules(INVERSION),
