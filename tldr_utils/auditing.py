@@ -155,6 +155,7 @@ def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = c
     def score(name, images, labels, cost=None) -> list[dict]:
         values = metrics.attack_scores(images, labels, model, judge, (x_train, y_train), (x_ref, y_ref),
                                        real_features, seed, cfg.resamples, device)
+        values["images"] = len(images)
         if cost:
             values |= {k: float(v) for k, v in cost.items()}
             values["cpu_seconds_per_image"] = cost["cpu_seconds"] / len(images)
@@ -205,7 +206,7 @@ def _verdict(t: pd.DataFrame, names, failed: dict, skipped: dict) -> str:
         if name in failed:
             lines.append(f"{name}: failed, so it says nothing either way. {failed[name]}")
             continue
-        n = int(round(v(name, "cpu_seconds") / v(name, "cpu_seconds_per_image")))
+        n = int(v(name, "images"))
         closer_hi, closer_lo = (t[(t.attack == name) & (t.metric == "l2_diff")][["hi", "lo"]].iloc[0])
         auc_lo = float(t[(t.attack == name) & (t.metric == "membership_auc")]["lo"].iloc[0])
         closer, singles = closer_hi < 0, auc_lo > 0.5
