@@ -153,10 +153,10 @@ def main(argv=None):
     r = run(args.profile, args.arch, repeats=args.repeats, steps=args.steps, threads=args.threads)
     print(f"target: {r['target']} {tuple(r['shape'])}; {r['threads']} threads on {r['cores']} cores; "
           f"{r['repeats']} repeats per case; median [min - max]")
-    print(f"{'what':<28}{'unit':>9}{'wall':>24}{'CPU':>24}{'peak MiB':>10}")
+    print(f"{'what':<32}{'unit':>9}{'wall':>24}{'CPU':>24}{'peak MiB':>10}")
     for row in r["rows"]:
         w, c = row["wall_ms"], row["cpu_ms"]
-        print(f"{row['what']:<28}{row['unit']:>9}"
+        print(f"{row['what']:<32}{row['unit']:>9}"
               f"{w['median']:>10.2f} [{w['min']:.2f} - {w['max']:.2f}]".rjust(24)
               + f"{c['median']:>10.2f} [{c['min']:.2f} - {c['max']:.2f}]".rjust(24) + f"{row['peak_mib']:>10.0f}")
     ratio = r["tldr_over_inversion"]
