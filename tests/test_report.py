@@ -110,3 +110,14 @@ def test_spans_print_one_value_when_both_ends_agree_and_no_negative_zero():
     assert report._span([0.571, 0.7224], "{:.1%}") == "57.1% to 72.2%"
     assert report._span([0.5004, 0.4996]) == "0.500"
     assert report._span([-0.0001, 0.0012], "{:+.3f}") == "+0.000 to +0.001"  # not "-0.000"
+
+
+def test_tables_show_every_attack_of_the_baselines_notebook():
+    key = {"dataset": "fashion_mnist", "arch": "cnn", "train_size": "1000", "seed": 0, "setting": "baselines"}
+    rows = [{**key, "method": a, "metric": m, "value": v}
+            for a, v in (("deepinversion", 0.7), ("miface", 0.3))
+            for m in ("evaluator_accuracy", "l2_diff", "synthetic_utility")]
+    text = report.tables(pd.DataFrame(rows), "cpu")
+    assert "**Every attack on the same targets**" in text
+    assert "| fashion_mnist | deepinversion | 1000 | 0.7 | 0.7 | 0.7 |" in text
+    assert "| fashion_mnist | miface | 1000 | 0.3 | 0.3 | 0.3 |" in text

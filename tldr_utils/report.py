@@ -21,6 +21,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 README, FIGURES = config.ROOT / "README.md", config.ROOT / "figures"  # what a default run publishes
 LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "membership_auc", "identifiability",
            "evaluator_accuracy"]
+BASELINES = ["evaluator_accuracy", "precision", "recall", "within_class_ssim", "l2_diff", "l2_diff_lo", "l2_diff_hi",
+             "membership_auc", "cpu_seconds_per_image", "synthetic_utility"]  # the columns of 06's table
 LOSSES = {"main": "ours", "paper_loss": "paper only"}  # setting -> how the Figures 3-4 table names the loss
 EVALUATOR_BAR = 0.80  # share of samples the independent evaluator must recognise (the acceptance bar)
 
@@ -197,6 +199,13 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         abl = abl.merge(sizes, on=["train_size", "seed"])
         t = abl.pivot_table(index="method", columns="metric", values="value").reset_index()
         parts += ["**Drop-one ablation** of the TLDR terms (one target, one seed).", _markdown(t.round(3))]
+    base = m[(m.setting == "baselines") & m.metric.isin(BASELINES)]
+    if len(base):
+        t = base.pivot_table(index=["dataset", "method", "train_size"], columns="metric", values="value", sort=False)
+        t = t[[c for c in BASELINES if c in t.columns]].reset_index()
+        parts += ["**Every attack on the same targets** (`06_baselines`; `l2_diff` is train minus held-out, with "
+                  "its 95% bootstrap interval in `_lo`/`_hi`; `synthetic_utility` is the real-test accuracy of a CNN "
+                  "trained only on the attack's images).", _markdown(t.round(3))]
     util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
         parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
