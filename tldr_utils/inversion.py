@@ -124,19 +124,26 @@ def grad_norm_term(net, logits, labels):
     return sum(g.pow(2).sum() for g in grads)
 
 
+def stats_distance(captured, reference, first_multiplier: float) -> torch.Tensor:
+    """Sum over batch-norm layers of ||mean - reference mean|| + ||var - reference var|| of
+    what entered them (``captured``: (layer, input) pairs), the first layer counted
+    ``first_multiplier`` times (DeepInversion's R_feature)."""
+    total = torch.zeros(())
+    for i, ((_, x), (mean, var)) in enumerate(zip(captured, reference)):
+        dims = [0] + list(range(2, x.dim()))
+        d = torch.norm(x.mean(dims) - mean, 2) + torch.norm(x.var(dims, unbiased=False) - var, 2)
+        total = total + (first_multiplier if i == 0 else 1.0) * d
+    return total
+
+
 def bn_term(captured, first_layer_weight: float = 10.0) -> torch.Tensor:
     """Distance of the batch's feature statistics from each batch-norm layer's running
-    statistics (DeepInversion's feature prior). The first layer, which sees
+    statistics (DeepInversion's feature prior), averaged over the layers. The first layer, which sees
     the raw pixels' edges and intensities, counts ``first_layer_weight`` times, as
     in DeepInversion (in our runs, 10 rather than 2 let the evaluator recognise a few
     points more of the inversions)."""
-    total = torch.zeros(())
-    for i, (layer, x) in enumerate(captured):
-        dims = [0] + list(range(2, x.dim()))
-        mu, var = x.mean(dims), x.var(dims, unbiased=False)
-        d = torch.norm(mu - layer.running_mean, 2) + torch.norm(var - layer.running_var, 2)
-        total = total + (first_layer_weight if i == 0 else 1) * d
-    return total / max(len(captured), 1)
+    running = [(layer.running_mean, layer.running_var) for layer, _ in captured]
+    return stats_distance(captured, running, first_layer_weight) / max(len(captured), 1)
 
 
 def jitter(x, pixels: int, generator=None):
@@ -408,13 +415,9 @@ def check_not_degenerate(G: Generator, net, cfg, desc: str = "generator", per_cl
 
 
 def _generator_seed(cfg) -> int:
-    """The seed of the generator's training: ``generator_seed``, or the target's ``seed`` when unset."""
-    seed = cfg.get("generator_seed")
-    if seed is None:
-        return cfg.seed
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"generator_seed must be a whole number >= 0, or null for the target's seed; got {seed!r}")
-    return seed
+    """The seed of the generator's training: ``generator_seed`` (checked by ``config.RULES``), or the
+    target's ``seed`` when unset."""
+    return cfg.seed if cfg.get("generator_seed") is None else cfg.generator_seed
 
 
 def _share_by_class(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
@@ -451,8 +454,7 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     """
     cfg = method_settings(profile, method, overrides)
     G, meta = get_generator(profile, method, dataset, overrides, trained_target)
-    n, oversample = cfg.samples_per_class, cfg.oversample
-    _check_oversample(oversample)
+    n, oversample = cfg.samples_per_class, cfg.oversample  # both checked by config.RULES
     draws, draw_labels = sample(G, n * oversample, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
     net = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)[0]
     images, labels = most_confident(net, draws, draw_labels, n) if oversample > 1 else (draws, draw_labels)

@@ -84,13 +84,14 @@ ATTACKS: dict[str, Attack] = {}
 
 
 def register(name: str, defaults: dict, rules: dict, about: str, needs: tuple = ()):
-    """Decorator: ``fn(problem, settings, seed) -> (images, labels, steps, extra)`` becomes attack ``name``."""
+    """Decorator: ``fn(problem, settings, seed) -> (images, labels, steps, extra)`` becomes attack ``name``;
+    each of its settings takes its rule from the table ``rules``."""
     missing = sorted(set(defaults) - set(rules))
     if missing:
         raise ValueError(f"attack {name!r}: settings {missing} have no rule")
 
     def wrap(fn):
-        ATTACKS[name] = Attack(name, fn, defaults, rules, about, needs)
+        ATTACKS[name] = Attack(name, fn, defaults, {k: rules[k] for k in defaults}, about, needs)
         return fn
     return wrap
 

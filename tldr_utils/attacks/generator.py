@@ -24,10 +24,6 @@ TLDR = {**_COMMON, "hot": True, "target_dropout": True,
                     "pixel": 0.0, "grad_norm": 0.02, "bn": 1.0}}
 
 
-def _rules(defaults: dict) -> dict:
-    return {k: config.RULES[k] for k in defaults}
-
-
 def train_and_sample(problem: Problem, cfg: dict, seed: int):
     """Train the generator on ``problem.model``, refuse a degenerate one, draw and select the samples."""
     net = problem.model
@@ -51,8 +47,8 @@ def train_and_sample(problem: Problem, cfg: dict, seed: int):
     return images, labels, cfg["steps"], {"generator": G, "history": history, "cost": cost}
 
 
-register("inversion", INVERSION, _rules(INVERSION),
+register("inversion", INVERSION, config.RULES,
          "network inversion: one generator conditioned on soft class vectors (the paper's Section 3)")(train_and_sample)
-register("tldr", TLDR, _rules(TLDR),
+register("tldr", TLDR, config.RULES,
          "training-like reconstruction: the generator steered by confidence, robustness and small weight "
          "gradients (the paper's Section 4)")(train_and_sample)

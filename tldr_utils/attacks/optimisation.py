@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import config
 from ..hooks import BatchNormInputs, batch_norm_layers
-from ..inversion import jitter
+from ..inversion import jitter, stats_distance
 from . import Problem, register
 
 DEEPINVERSION = {"steps": 2000, "batch_size": 100, "lr": 0.05, "ce": 1.0, "bn": 0.05, "first_bn_multiplier": 10.0,
@@ -48,27 +48,12 @@ RULES = {"steps": config.RULES["steps"], "batch_size": config.RULES["batch_size"
          **{k: _WEIGHT for k in ("ce", "bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "tv")}}
 
 
-def _rules(defaults: dict) -> dict:
-    return {k: RULES[k] for k in defaults}
-
-
 # ----------------------------------------------------------------- priors and statistics
 def tv_losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Total variation over four directions (across, down, both diagonals): (L1, L2), each per image."""
     diffs = [x[..., :, :-1] - x[..., :, 1:], x[..., :-1, :] - x[..., 1:, :],
              x[..., 1:, :-1] - x[..., :-1, 1:], x[..., :-1, :-1] - x[..., 1:, 1:]]
     return sum(d.abs().mean() for d in diffs), sum(d.norm() for d in diffs) / len(x)
-
-
-def stats_distance(captured, reference, first_multiplier: float) -> torch.Tensor:
-    """Sum over batch-norm layers of ||mean - reference mean|| + ||var - reference var|| of
-    what entered them, the first layer counted ``first_multiplier`` times (DeepInversion's R_feature)."""
-    total = torch.zeros(())
-    for i, ((_, x), (mean, var)) in enumerate(zip(captured, reference)):
-        dims = [0] + list(range(2, x.dim()))
-        d = torch.norm(x.mean(dims) - mean, 2) + torch.norm(x.var(dims, unbiased=False) - var, 2)
-        total = total + (first_multiplier if i == 0 else 1.0) * d
-    return total
 
 
 @torch.no_grad()
@@ -92,10 +77,6 @@ def class_statistics(model, images: torch.Tensor, labels: torch.Tensor, batch_si
         stats[int(k)] = [((s / n).float().cpu(), (q / n - (s / n) ** 2).clamp_min(0).float().cpu())
                          for s, q, n in zip(sums, squares, counts)]
     return stats
-
-
-def _running_statistics(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(m.running_mean, m.running_var) for m in batch_norm_layers(model)]
 
 
 # ----------------------------------------------------------------- the shared optimisation
@@ -144,7 +125,7 @@ def _in_batches(problem: Problem, cfg: dict, seed: int, bn_loss, name: str):
     return torch.cat(out)[order], labels[order], cfg["steps"] * len(starts), {}
 
 
-@register("deepinversion", DEEPINVERSION, _rules(DEEPINVERSION),
+@register("deepinversion", DEEPINVERSION, RULES,
           "DeepInversion (Yin et al. 2020): images optimised from noise to match the stored batch-norm statistics")
 def deepinversion(problem: Problem, cfg: dict, seed: int):
     running = [(m.running_mean, m.running_var) for m in batch_norm_layers(problem.model)]
@@ -156,7 +137,7 @@ def deepinversion(problem: Problem, cfg: dict, seed: int):
     return _in_batches(problem, cfg, seed, bn_loss if running else None, "deepinversion")
 
 
-@register("bn_classwise", BN_CLASSWISE, _rules(BN_CLASSWISE),
+@register("bn_classwise", BN_CLASSWISE, RULES,
           "class-wise batch-norm statistics synthesis (Soufleri et al. 2022): the data owner's synthetic dataset",
           needs=("class_stats",))
 def bn_classwise(problem: Problem, cfg: dict, seed: int):
@@ -180,7 +161,7 @@ def bn_classwise(problem: Problem, cfg: dict, seed: int):
     return _in_batches(problem, cfg, seed, bn_loss, "bn_classwise")
 
 
-@register("miface", MIFACE, _rules(MIFACE),
+@register("miface", MIFACE, RULES,
           "MI-Face (Fredrikson et al. 2015): each image descends 1 - p(class | x) with a smoothness prior")
 def miface(problem: Problem, cfg: dict, seed: int):
     net, device = problem.model.to(problem.device), problem.device
