@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from tldr_utils import bench, config, data, inversion, metrics, report, store, targets
+from tldr_utils import bench, config, data, experiments, inversion, metrics, report, store, targets
 
 ROOT = config.ROOT
 
@@ -49,7 +49,7 @@ def test_notebook_overrides_reach_the_targets_and_the_generators(tmp_path):
     cnn = [m for m in _meta_of(tmp_path / "smoke" / "targets", "mnist_cnn_n100_*.safetensors")]
     assert cnn and all(m["steps"] == 16 and m["lr"] == 0.003 for m in cnn)
     _papermill("02_invert.ipynb", tmp_path, "overrides: {datasets: [mnist], steps: 41, lr: 0.004}")
-    generators = _meta_of(tmp_path / "smoke" / "generators", "inversion_mnist_*.safetensors")
+    generators = [m["settings"] for m in _meta_of(tmp_path / "smoke" / "attacks", "inversion_*.safetensors")]
     main = [m for m in generators if m["shift"] == 2]  # the paper-loss control trains without the shift
     control = [m for m in generators if m["shift"] == 0]
     assert len(main) == 1 and main[0]["steps"] == 41 and main[0]["lr"] == 0.004
@@ -59,29 +59,29 @@ def test_notebook_overrides_reach_the_targets_and_the_generators(tmp_path):
 # ---------------------------------------------------------------- 2. degenerate runs
 def test_a_collapsed_generator_stops_with_its_cause_and_is_not_cached(runs):
     with pytest.raises(inversion.DegenerateRun, match=r"every sample is the same image.*lr 1e\+12 is too high; try 1e\+11"):
-        inversion.run("smoke", "inversion", "digits", {"train_size": 100, "lr": 1e12})
-    assert not list((runs / "generators").glob("*.safetensors"))
+        experiments.run("smoke", "inversion", "digits", {"train_size": 100, "lr": 1e12})
+    assert not list((runs / "attacks").glob("*.safetensors"))
     assert not (runs / "samples").exists()
 
 
 def test_a_generator_at_chance_stops_with_its_cause(runs):
     with pytest.raises(inversion.DegenerateRun, match=r"only \d+% of the samples.*chance is 10%.*lr \(1e-09\)"):
-        inversion.run("smoke", "tldr", "digits", {"train_size": 100, "lr": 1e-9})
-    assert not list((runs / "generators").glob("*.safetensors"))
+        experiments.run("smoke", "tldr", "digits", {"train_size": 100, "lr": 1e-9})
+    assert not list((runs / "attacks").glob("*.safetensors"))
 
 
 def test_only_the_profiles_own_settings_write_the_figures_samples(runs):
-    own = inversion.method_settings("smoke", "tldr")
+    own = experiments.settings("smoke", "tldr")
     figure = runs / "samples" / "tldr_mnist.safetensors"
-    assert inversion.samples_path("smoke", "tldr", "mnist", own) == figure
+    assert experiments.samples_path("smoke", "tldr", "mnist", own) == figure
     # a datasets override is how make figures picks data: the samples are still the profile's own
-    assert inversion.samples_path("smoke", "tldr", "mnist", inversion.method_settings(
+    assert experiments.samples_path("smoke", "tldr", "mnist", experiments.settings(
         "smoke", "tldr", {"datasets": ["mnist"]})) == figure
     for other in ({"generator_seed": 1}, {"lr": 0.01}, {"weights": {"tv": 0.0}}):
-        path = inversion.samples_path("smoke", "tldr", "mnist", inversion.method_settings("smoke", "tldr", other))
+        path = experiments.samples_path("smoke", "tldr", "mnist", experiments.settings("smoke", "tldr", other))
         assert path.parent == runs / "samples" / "variants"
-    assert inversion.samples_path("smoke", "tldr", "mnist", own, trained_target=False).parent.name == "variants"
-    result = inversion.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
+    assert experiments.samples_path("smoke", "tldr", "mnist", own, trained_target=False).parent.name == "variants"
+    result = experiments.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
     assert result["samples_path"].parent == runs / "samples" / "variants"
     assert not (runs / "samples" / "tldr_digits.safetensors").exists()
 
@@ -201,13 +201,13 @@ def test_a_bad_value_is_refused_before_any_training(runs, monkeypatch):
     monkeypatch.setattr(inversion, "train_generator", lambda *a, **k: pytest.fail("trained before checking"))
     monkeypatch.setattr(targets, "train_classifier", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(ValueError, match="oversample must be"):
-        inversion.run("smoke", "tldr", "digits", {"oversample": 0})
+        experiments.run("smoke", "tldr", "digits", {"oversample": 0})
 
 
 # ---------------------------------------------------------------- 6. unknown method
 def test_run_names_the_valid_methods():
     with pytest.raises(ValueError, match="unknown method 'nope'; choose one of inversion, tldr"):
-        inversion.run("smoke", "nope", "digits")
+        experiments.run("smoke", "nope", "digits")
 
 
 # ---------------------------------------------------------------- 7. full disk, read-only folder

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tldr_utils import config, inversion, store, targets
+from tldr_utils import config, experiments, inversion, store, targets
 
 
 @pytest.fixture()
@@ -98,7 +98,7 @@ def test_generator_run_on_rgb_images_with_every_tldr_term():
 
 
 def test_cached_generator_run_records_scores(runs):
-    result = inversion.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
+    result = experiments.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
     assert result["images"].shape == (20, 1, 8, 8)
     assert {(r["method"], r["metric"]) for r in result["rows"]} == {
         ("tldr", "target_accuracy"), ("tldr", "evaluator_accuracy"), ("tldr", "within_class_ssim"),
@@ -114,29 +114,29 @@ def test_cached_generator_run_records_scores(runs):
     assert 0 < scores["within_class_ssim"] <= 1 and 0 < scores["real_within_class_ssim"] < 1
     saved = result["samples_path"]  # not the profile's own settings: a variant, not the figures' samples
     assert saved.parent == runs / "samples" / "variants" and saved.exists()
-    every_draw = inversion.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2, "oversample": 1},
+    every_draw = experiments.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2, "oversample": 1},
                                save=False)
     assert "evaluator_accuracy_unselected" not in every_draw["scores"]
     assert store.load_meta(saved)["oversample"] == 2  # what 05's caption reads
     with pytest.raises(ValueError, match="oversample must be a whole number >= 1.*got 0"):
-        inversion.run("smoke", "tldr", "digits", {"train_size": 100, "oversample": 0}, save=False)
+        experiments.run("smoke", "tldr", "digits", {"train_size": 100, "oversample": 0}, save=False)
     with pytest.raises(ValueError, match="'stepz'"):
-        inversion.run("smoke", "tldr", "digits", {"stepz": 1})
+        experiments.run("smoke", "tldr", "digits", {"stepz": 1})
     with pytest.raises(ValueError, match="unknown method 'mi_face'"):
-        inversion.get_generator("smoke", "mi_face", "digits")
+        experiments.settings("smoke", "mi_face")
     assert config.run_dir("smoke") == runs
 
 
 def test_generator_seed_trains_another_generator_against_the_same_target(runs):
-    choice = {"train_size": 100, "steps": 80}  # enough for both seeds' samples to beat chance on the 8x8 digits
-    G, meta = inversion.get_generator("smoke", "inversion", "digits", choice)
-    same, _ = inversion.get_generator("smoke", "inversion", "digits", {**choice, "generator_seed": 0})  # = seed
-    other, other_meta = inversion.get_generator("smoke", "inversion", "digits", {**choice, "generator_seed": 1})
-    assert "generator_seed" not in meta and other_meta["generator_seed"] == 1
-    assert other_meta["target"] == meta["target"]  # one target, two generators
-    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), same.state_dict().values()))
-    assert not all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), other.state_dict().values()))
-    assert len(list((runs / "generators").glob("inversion_digits_*.safetensors"))) == 2
+    choice = {"train_size": 100, "steps": 80, "samples_per_class": 2}  # enough for both seeds to beat chance on 8x8 digits
+    first = experiments.run("smoke", "inversion", "digits", choice, save=False)
+    same = experiments.run("smoke", "inversion", "digits", {**choice, "generator_seed": 0}, save=False)  # = seed
+    other = experiments.run("smoke", "inversion", "digits", {**choice, "generator_seed": 1}, save=False)
+    assert first["meta"]["attack_seed"] == 0 and other["meta"]["attack_seed"] == 1
+    assert other["meta"]["target_test_accuracy"] == first["meta"]["target_test_accuracy"]  # one target, two attacks
+    assert torch.equal(first["images"], same["images"]) and not torch.equal(first["images"], other["images"])
+    assert len(list((runs / "attacks").glob("inversion_*.safetensors"))) == 2  # seed 0 twice is one cached result
+    assert len(list((runs / "targets").glob("digits_cnn_*.safetensors"))) == 1
     for bad in (-1, 1.5, "1"):
         with pytest.raises(ValueError, match=f"generator_seed must be a whole number >= 0.*got {bad!r}"):
-            inversion.get_generator("smoke", "inversion", "digits", {**choice, "generator_seed": bad})
+            experiments.run("smoke", "inversion", "digits", {**choice, "generator_seed": bad})

@@ -42,7 +42,7 @@ def _generator_kwargs(cfg, device) -> dict:
 def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, steps: int, threads: int) -> dict:
     """Time one case in this (fresh) process: per repeat, wall and CPU seconds per unit of work."""
     torch.set_num_threads(threads)
-    cfg = inversion.method_settings(profile, "tldr" if case == "tldr" else "inversion")
+    cfg = config.settings(profile, config.GENERATOR_SECTIONS["tldr" if case == "tldr" else "inversion"])
     device = config.device(cfg)
     torch.manual_seed(0)
     net = build_classifier(arch, shape).eval()

@@ -131,8 +131,7 @@ def _perturbations():
 
 
 def _methods():
-    from .inversion import METHODS
-    return tuple(METHODS)
+    return tuple(GENERATOR_SECTIONS)
 
 
 def _device_ok(v) -> bool:
@@ -180,6 +179,7 @@ RULES = {
     "batch_size": _whole(2), "generator_batch_size": _whole(2),  # batch norm needs two images per batch
     "lr": _real(0, low_open=True), "soft_scale": _real(0, low_open=True), "epsilon": _real(0, 1),
     "warmup": _real(0, 1), "shift": _whole(0), "eval_shift": _whole(0), "hot": _FLAG, "target_dropout": _FLAG,
+    "require_learned": _FLAG,
     "weights": (lambda v: isinstance(v, dict) and all(_real(0)[0](w) for w in v.values()),
                 "a dict of loss weights, each a number >= 0"),
     "samples_per_class": _whole(1), "oversample": _whole(1), "heldout_per_class": _whole(1),

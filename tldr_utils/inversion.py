@@ -27,15 +27,13 @@ inversion may also borrow TLDR's ``ce_pert`` (zero in our profiles).
 
 from __future__ import annotations
 
-import functools
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import config, data, metrics, store, targets
+from . import targets
 from .hooks import BatchNormInputs, Features, batch_norm_layers, feature_input
 from .models import Generator
 
@@ -44,9 +42,8 @@ TLDR_TERMS = INVERSION_TERMS + ("kl_pert", "ce_pert", "tv", "pixel", "grad_norm"
 EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unless weighted
 TERMS = TLDR_TERMS + EXTRA_TERMS
 FEATURE_TERMS = {"cos", "ortho"}  # the terms that read the classifier's penultimate features
-METHODS = {"inversion": "invert", "tldr": "reconstruct"}  # method -> profile section
 PERTURBATIONS = ("adversarial", "random")  # how the robustness terms perturb an image
-LOSS_VERSION = 5  # part of every cached generator's name: bump when a loss term or the generator changes
+LOSS_VERSION = 6  # part of every cached generator attack's key: bump when a loss term or the generator changes
 SOFT_SCALE = 16.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
 
 
@@ -334,62 +331,7 @@ def most_confident(net, images, labels, per_class: int, device="cpu"):
     return images[keep], labels[keep]
 
 
-# ----------------------------------------------------------------- cached runs
-def get_generator(profile: str, method: str, dataset: str, overrides: dict | None = None,
-                  trained_target: bool = True):
-    """The generator of ``method`` ("inversion" or "tldr") for a target, trained now if not cached.
-
-    Settings come from the profile's section for the method; ``overrides``
-    changes some of them (checked like a notebook's), e.g.
-    ``{"train_size": 10000, "seed": 1}`` or ``{"weights": {"tv": 0}}``.
-    ``seed`` picks the target and, unless ``generator_seed`` is set, the
-    generator's initialisation and batches too; ``{"generator_seed": 1}`` trains
-    another generator against the same target.
-    ``trained_target=False`` inverts the untrained control target instead.
-    Returns ``(G, meta)``.
-    """
-    cfg = method_settings(profile, method, overrides)
-    net, target_meta = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed,
-                                          trained=trained_target)
-    shape = data.load_dataset(dataset, "train").images.shape[1:]
-    spec = {"method": method, "dataset": dataset, "trained_target": trained_target,
-            "target": store.config_hash(target_meta), "loss_version": LOSS_VERSION,
-            **{k: cfg[k] for k in ("arch", "train_size", "seed", "weights", "conditioning", "hot", "soft_scale", "steps",
-                                   "batch_size", "lr", "epsilon", "perturbation", "shift", "warmup", "target_dropout")
-               if k in cfg}}
-    gen_seed = _generator_seed(cfg)
-    if gen_seed != cfg.seed:  # only then, so that the default generators keep their cache names
-        spec["generator_seed"] = gen_seed
-    size = targets.size_label(cfg.train_size)
-    name = f"{method}_{dataset}_{cfg.arch}_n{size}_s{cfg.seed}_{store.config_hash(spec)}"
-    path = config.run_dir(profile) / "generators" / f"{name}.safetensors"
-    G = Generator(tuple(shape), 10, cfg.conditioning)
-    if path.exists():
-        return G, store.load_model(path, G)
-    with store.exclusive(path):
-        if path.exists():  # another process trained it while this one waited
-            return G, store.load_model(path, G)
-        start = time.time()
-        G, history = train_generator(net, tuple(shape), 10, cfg.weights, conditioning=cfg.conditioning, hot=cfg.hot,
-                                     soft_scale=cfg.soft_scale, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                     epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift,
-                                     warmup=cfg.warmup, target_dropout=cfg.target_dropout, seed=gen_seed,
-                                     device=config.device(cfg), desc=name)
-        # before caching, so a collapsed generator is never reused; an untrained target is at chance by nature
-        check_not_degenerate(G, net if trained_target else None, cfg, name)
-        meta = {**spec, "seconds": round(time.time() - start, 1), "final_terms": history[-1],
-                "target_test_accuracy": target_meta.get("test_accuracy")}
-        store.save_model(path, G, meta)
-    return G, meta
-
-
-def method_settings(profile: str, method: str, overrides: dict | None = None) -> config.Settings:
-    """The settings of ``method`` (its profile section, then ``overrides``), checked."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return config.settings(profile, METHODS[method], overrides)
-
-
+# ----------------------------------------------------------------- checks
 class DegenerateRun(RuntimeError):
     """A generator whose samples carry nothing: all one image, or at chance for the target."""
 
@@ -412,96 +354,3 @@ def check_not_degenerate(G: Generator, net, cfg, desc: str = "generator", per_cl
             f"{desc}: the target puts only {share:.0%} of the samples in their class (chance is {chance:.0%}), "
             f"so the generator did not learn the classes. Likely cause: too few steps ({cfg.steps}) or an lr "
             f"({cfg.lr:g}) far from the profile's; raise steps or restore lr. Nothing was cached.")
-
-
-def _generator_seed(cfg) -> int:
-    """The seed of the generator's training: ``generator_seed`` (checked by ``config.RULES``), or the
-    target's ``seed`` when unset."""
-    return cfg.seed if cfg.get("generator_seed") is None else cfg.generator_seed
-
-
-def _share_by_class(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
-    """The share of ``hits`` among the images of each class."""
-    return [hits[labels == k].float().mean().item() for k in range(num_classes)]
-
-
-@functools.lru_cache(maxsize=None)
-def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: int) -> dict:
-    """What samples are compared with, measured once per run directory and dataset: the
-    evaluator's accuracy on real test images of each class, and their within-class SSIM."""
-    real = data.load_dataset(dataset, "test")
-    judge, _ = targets.get_evaluator(profile, dataset, target_arch)
-    hits = targets.predict(judge, real.float()).argmax(1) == real.labels
-    return {"evaluator_accuracy_by_class": _share_by_class(hits, real.labels, len(real.classes)),
-            "within_class_ssim": metrics.within_class_ssim(real.float(), real.labels, seed=seed)}
-
-
-def run(profile: str, method: str, dataset: str, overrides: dict | None = None, trained_target: bool = True,
-        save: bool = True) -> dict:
-    """Train (or load) the generator, draw samples, score them, and save them.
-
-    The samples' class is judged twice: by the target itself and by an
-    independently trained evaluation classifier (another architecture, another
-    seed), so images that only fool the target do not count; their variety is
-    the mean SSIM between samples of a class, beside the same for real test
-    images (row method ``real_test``). Returns the samples, their labels and
-    class names, the generator's meta, the scores, the evaluator's accuracy on
-    each class (of the samples, and of real test images), the class it gives
-    each sample, and tidy metric rows (the per-class accuracies as metric
-    ``evaluator_accuracy_of_class``, one row per class).
-    ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
-    (the ones the figures show), with the scores and ``oversample`` in their metadata.
-    """
-    cfg = method_settings(profile, method, overrides)
-    G, meta = get_generator(profile, method, dataset, overrides, trained_target)
-    n, oversample = cfg.samples_per_class, cfg.oversample  # both checked by config.RULES
-    draws, draw_labels = sample(G, n * oversample, hot=cfg.hot, seed=cfg.seed, soft_scale=cfg.soft_scale)
-    net = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)[0]
-    images, labels = most_confident(net, draws, draw_labels, n) if oversample > 1 else (draws, draw_labels)
-    judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
-    predicted = targets.predict(judge, images).argmax(1)
-    judged = predicted == labels
-    real = real_reference(config.run_dir(profile), profile, dataset, cfg.arch, cfg.seed)
-    scores = {"target_accuracy": targets.accuracy(net, images, labels),
-              "evaluator_accuracy": judged.float().mean().item(), "evaluator": judge_meta["arch"],
-              "evaluator_real_accuracy": judge_meta["test_accuracy"],
-              # variety: recognisable samples that are all alike would still pass both judges
-              "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
-              "real_within_class_ssim": real["within_class_ssim"]}
-    if oversample > 1:  # what the selection buys and costs: the same scores on the first n draws of each class
-        first = torch.cat([torch.nonzero(draw_labels == c).flatten()[:n] for c in range(G.num_classes)])
-        scores |= {"evaluator_accuracy_unselected": targets.accuracy(judge, draws[first], draw_labels[first]),
-                   "within_class_ssim_unselected": metrics.within_class_ssim(draws[first], draw_labels[first],
-                                                                             seed=cfg.seed)}
-    by_class = {"samples": _share_by_class(judged, labels, G.num_classes), "real": real["evaluator_accuracy_by_class"]}
-    classes = data.load_dataset(dataset, "train").classes
-    key = {"dataset": dataset, "arch": cfg.arch, "method": method,
-           "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed, "evaluator": judge_meta["arch"]}
-    real_key = {"dataset": dataset, "method": "real_test", "train_size": "all", "seed": cfg.seed}
-    rows = [{**key, "metric": m, "value": scores[m]}
-            for m in ("target_accuracy", "evaluator_accuracy", "within_class_ssim",
-                      "evaluator_accuracy_unselected", "within_class_ssim_unselected") if m in scores]
-    rows.append({**real_key, "metric": "within_class_ssim", "value": scores["real_within_class_ssim"]})
-    for k, who in ((key, "samples"), ({**real_key, "evaluator": judge_meta["arch"]}, "real")):
-        rows += [{**k, "metric": "evaluator_accuracy_of_class", "class": c, "value": v}
-                 for c, v in zip(classes, by_class[who])]
-    path = None
-    if save:
-        path = samples_path(profile, method, dataset, cfg, trained_target)
-        store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores, "oversample": oversample})
-    return {"images": images, "labels": labels, "classes": classes, "meta": meta, "rows": rows, "scores": scores,
-            "evaluator_accuracy_by_class": by_class, "evaluator_predictions": predicted, "samples_path": path}
-
-
-def samples_path(profile: str, method: str, dataset: str, cfg: dict, trained_target: bool = True):
-    """Where ``run`` saves samples: ``samples/<method>_<dataset>.safetensors``, which the figures
-    draw, for the profile's own settings only; any other settings (an override of
-    anything but ``datasets``, or the untrained target) go to ``samples/variants/``
-    under a hash of their settings, so a trial never replaces the figures' samples."""
-    folder = config.run_dir(profile) / "samples"
-    own = method_settings(profile, method)
-    if trained_target and {k: v for k, v in cfg.items() if k != "datasets"} == \
-            {k: v for k, v in own.items() if k != "datasets"}:
-        return folder / f"{method}_{dataset}.safetensors"
-    variant = store.config_hash({**cfg, "trained_target": trained_target})
-    return folder / "variants" / f"{method}_{dataset}_{variant}.safetensors"

@@ -56,7 +56,7 @@ def grid_blocks(blocks: dict[str, tuple], rows: int = 3):
 
 def accuracy_by_class(results: dict[str, dict]):
     """Bars of the evaluation classifier's accuracy on the samples of each class, one panel
-    per dataset, from ``inversion.run`` results: which classes come back and which do not.
+    per dataset, from ``experiments.run`` results: which classes come back and which do not.
     A dot marks its accuracy on real test images of the class, the ceiling to compare with."""
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 2.8), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):

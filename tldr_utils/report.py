@@ -88,7 +88,7 @@ def findings(m: pd.DataFrame, profile: str) -> str:
         acc = main.pivot_table(index=["dataset", "method"], columns="metric", values="value")
         judges = m[(m.method == "target") & (m.metric == "test_accuracy")]
         seed = config.settings(profile, "train_targets").eval_seed
-        judge = main["evaluator"].dropna().iloc[0]  # inversion.run records it with every score
+        judge = main["evaluator"].dropna().iloc[0]  # experiments.run records it with every score
         real = judges[(judges.arch == judge) & (judges.seed.astype(int) == seed)].groupby("dataset")["value"].first()
         passed = int((acc["evaluator_accuracy"] >= EVALUATOR_BAR).sum())
         text = (f"**Recognisable** (Figures 3-4, {len(acc)} generators): the target puts "

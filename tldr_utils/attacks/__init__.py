@@ -24,6 +24,7 @@ methods), ``deepinversion`` (Yin et al. 2020), ``miface`` (Fredrikson et al.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class Attack:
     rules: dict
     about: str
     needs: tuple = ()  # what the attack takes beyond the model: "class_stats" for bn_classwise
+    version: int = 1  # part of every cached result's key: bump when the attack's algorithm changes
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Problem:
 ATTACKS: dict[str, Attack] = {}
 
 
-def register(name: str, defaults: dict, rules: dict, about: str, needs: tuple = ()):
+def register(name: str, defaults: dict, rules: dict, about: str, needs: tuple = (), version: int = 1):
     """Decorator: ``fn(problem, settings, seed) -> (images, labels, steps, extra)`` becomes attack ``name``;
     each of its settings takes its rule from the table ``rules``."""
     missing = sorted(set(defaults) - set(rules))
@@ -91,7 +93,7 @@ def register(name: str, defaults: dict, rules: dict, about: str, needs: tuple = 
         raise ValueError(f"attack {name!r}: settings {missing} have no rule")
 
     def wrap(fn):
-        ATTACKS[name] = Attack(name, fn, defaults, {k: rules[k] for k in defaults}, about, needs)
+        ATTACKS[name] = Attack(name, fn, defaults, {k: rules[k] for k in defaults}, about, needs, version)
         return fn
     return wrap
 
@@ -135,26 +137,24 @@ def reconstruct(name: str, model: nn.Module, image_shape, num_classes: int, per_
     ``num_classes`` classes, of shape ``image_shape`` (C, H, W). The model is left as it came
     (its mode and which parameters need gradients). With ``cache`` (a folder), the result is
     kept there under a hash of the model's weights and every choice, and loaded the next time
-    (its cost is the one measured when it was made)."""
+    (its cost is the one measured when it was made; of ``extra``, what a file can hold: tensors
+    and plain values, not a trained generator)."""
     attack = get(name)
     cfg = resolve(name, settings)
     if cache is not None:
-        key = {"attack": name, "settings": cfg, "shape": list(image_shape), "num_classes": num_classes,
+        key = {"attack": name, "version": attack.version, "settings": cfg, "shape": list(image_shape), "num_classes": num_classes,
                "per_class": per_class, "seed": seed, "feature_layer": feature_layer,
                "model": store.tensor_hash(*model.state_dict().values()),
                "class_stats": None if class_stats is None else store.tensor_hash(
                    *[t for k in sorted(class_stats) for pair in class_stats[k] for t in pair])}
         path = Path(cache) / f"{name}_{store.config_hash(key)}.safetensors"
         with store.exclusive(path):
-            if path.exists():
-                saved, meta = store.load_tensors(path), store.load_meta(path)
-                return Reconstruction(name, saved["images"], saved["labels"], meta["cost"], meta["settings"],
-                                      meta["skipped"])
-            r = reconstruct(name, model, image_shape, num_classes, per_class, cfg, seed, device, feature_layer,
-                            class_stats)
-            store.save_tensors(path, {"images": r.images, "labels": r.labels},
-                               {"cost": r.cost, "settings": r.settings, "skipped": r.skipped})
-            return r
+            if not path.exists():
+                r = reconstruct(name, model, image_shape, num_classes, per_class, cfg, seed, device, feature_layer,
+                                class_stats)
+                _save(path, r)
+                return r
+            return _load(path, name)
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"image_shape must be (channels, height, width), got {image_shape!r}")
@@ -177,6 +177,27 @@ def reconstruct(name: str, model: nn.Module, image_shape, num_classes: int, per_
         raise RuntimeError(f"attack {name!r} returned images of shape {tuple(images.shape)} (want N x {shape}) "
                            "or with non-finite pixels")
     return Reconstruction(name, images.clamp(0, 1), labels.cpu(), cost, cfg, list(problem.skipped), extra)
+
+
+def _save(path: Path, r: Reconstruction) -> None:
+    """Keep a result: its images and labels, its tensor extras, and every extra that JSON can hold
+    (the last loss terms); the rest (a trained generator) is not kept."""
+    tensors = {"images": r.images, "labels": r.labels}
+    tensors |= {f"extra.{k}": v for k, v in r.extra.items() if isinstance(v, torch.Tensor)}
+    kept = {}
+    for k, v in r.extra.items():
+        if not isinstance(v, (torch.Tensor, nn.Module)):
+            try:
+                kept[k] = json.loads(json.dumps(v))
+            except (TypeError, ValueError):
+                pass
+    store.save_tensors(path, tensors, {"cost": r.cost, "settings": r.settings, "skipped": r.skipped, "extra": kept})
+
+
+def _load(path: Path, name: str) -> Reconstruction:
+    saved, meta = store.load_tensors(path), store.load_meta(path)
+    extra = meta.get("extra", {}) | {k.removeprefix("extra."): v for k, v in saved.items() if k.startswith("extra.")}
+    return Reconstruction(name, saved["images"], saved["labels"], meta["cost"], meta["settings"], meta["skipped"], extra)
 
 
 @contextlib.contextmanager

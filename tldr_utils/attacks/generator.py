@@ -5,6 +5,11 @@ frozen classifier (``inversion.train_generator``), then draw ``oversample``
 times as many images as asked and keep the ones the target is most confident
 in. Their cost is the generator's training plus the draws; once trained, G
 draws any number of images for almost nothing (``extra["generator"]``).
+``extra`` also holds the first draws of each class before the selection
+(``unselected_images``, ``unselected_labels``) and the last step's loss terms.
+A generator whose samples are all one image is refused; so is one whose samples
+the target classifies at chance, unless ``require_learned`` is off (for a
+control target that is at chance by nature).
 Defaults are those of the ``cpu`` profile's ``invert`` and ``reconstruct`` sections.
 """
 
@@ -12,11 +17,14 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from .. import config, inversion
 from . import Problem, register
 
 _COMMON = {"conditioning": "vector_matrix", "soft_scale": 16.0, "steps": 800, "batch_size": 64, "lr": 0.003,
-           "shift": 2, "warmup": 0.5, "epsilon": 0.1, "perturbation": "random", "oversample": 2}
+           "shift": 2, "warmup": 0.5, "epsilon": 0.1, "perturbation": "random", "oversample": 2,
+           "require_learned": True}
 INVERSION = {**_COMMON, "hot": False, "target_dropout": False,
              "weights": {"kl": 1.0, "ce": 1.0, "cos": 0.5, "ortho": 0.5, "ce_pert": 0.0, "tv": 2.0, "bn": 1.0}}
 TLDR = {**_COMMON, "hot": True, "target_dropout": True,
@@ -37,18 +45,24 @@ def train_and_sample(problem: Problem, cfg: dict, seed: int):
         epsilon=cfg["epsilon"], perturbation=cfg["perturbation"], shift=cfg["shift"], warmup=cfg["warmup"],
         target_dropout=cfg["target_dropout"], seed=seed, device=problem.device, feature_layer=problem.feature_layer)
     trained = time.process_time()
-    inversion.check_not_degenerate(G, net, config.Settings(cfg, seed=seed), "generator")
+    inversion.check_not_degenerate(G, net if cfg["require_learned"] else None, config.Settings(cfg, seed=seed),
+                                   "generator")
     checked = time.process_time()
-    images, labels = inversion.sample(G, problem.per_class, hot=cfg["hot"], seed=seed, device=problem.device,
-                                      soft_scale=cfg["soft_scale"], target=net, oversample=cfg["oversample"])
+    n, k = problem.per_class, cfg["oversample"]
+    draws, draw_labels = inversion.sample(G, n * k, hot=cfg["hot"], seed=seed, device=problem.device,
+                                          soft_scale=cfg["soft_scale"])
+    images, labels = inversion.most_confident(net, draws, draw_labels, n, problem.device) if k > 1 else (draws, draw_labels)
     # the two parts of the cost: training once, then drawing (and selecting) each image
     cost = {"train_cpu_seconds": trained - start,
             "sample_cpu_seconds_per_image": (time.process_time() - checked) / len(images)}
-    return images, labels, cfg["steps"], {"generator": G, "history": history, "cost": cost}
+    first = torch.cat([torch.nonzero(draw_labels == c).flatten()[:n] for c in range(problem.num_classes)])
+    return images, labels, cfg["steps"], {"generator": G, "history": history, "final_terms": history[-1], "cost": cost,
+                                          "unselected_images": draws[first], "unselected_labels": draw_labels[first]}
 
 
 register("inversion", INVERSION, config.RULES,
-         "network inversion: one generator conditioned on soft class vectors (the paper's Section 3)")(train_and_sample)
+         "network inversion: one generator conditioned on soft class vectors (the paper's Section 3)",
+         version=inversion.LOSS_VERSION)(train_and_sample)
 register("tldr", TLDR, config.RULES,
          "training-like reconstruction: the generator steered by confidence, robustness and small weight "
-         "gradients (the paper's Section 4)")(train_and_sample)
+         "gradients (the paper's Section 4)", version=inversion.LOSS_VERSION)(train_and_sample)
