@@ -189,9 +189,10 @@ RULES = {
                           "a dict from dataset name to an accuracy between 0 and 1"),
     # the attacks section: each optimisation attack's settings, checked by the attack itself
     **{name: (functools.partial(_attack_settings_ok, name), f"a dict of {name} settings (tldr_utils.attacks)")
-       for name in ("deepinversion", "miface", "bn_classwise")},
+       for name in ("deepinversion", "miface", "bn_classwise", "split_optimisation", "split_decoder", "split_datafree")},
     "per_class": _whole(4), "evaluator_steps": _whole(1), "resamples": _whole(100),
-    "dataset": _choice(_datasets), "model_steps": _whole(1),
+    "dataset": _choice(_datasets), "model_steps": _whole(1), "shift_dataset": _choice(_datasets),
+    "victims_per_class": _whole(1), "aux_size": _whole(2), "strip": _whole(1),
 }
 
 

@@ -10,6 +10,7 @@ Images are float tensors N x C x H x W in [0, 1].
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
@@ -257,3 +258,27 @@ def attack_scores(images, labels, model, judge, train, reference, real_features=
     scores |= {k: leak[k] for k in ("within_class_ssim", "nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap",
                                     "identifiability", "copying_z")}
     return scores | paired
+
+
+def paired_quality(recon: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor | None = None,
+                   evaluator=None, device="cpu") -> dict[str, float]:
+    """How well each reconstruction matches its own true input (split computing, where the
+    input is known): mean SSIM and PSNR over the pairs, and the share the evaluation
+    classifier puts in the true input's class (with ``evaluator`` and ``labels``)."""
+    if recon.shape != truth.shape:
+        raise ValueError(f"reconstructions {tuple(recon.shape)} and true inputs {tuple(truth.shape)} must pair up")
+    if not (torch.isfinite(recon).all() and torch.isfinite(truth).all()):
+        raise ValueError("reconstructions and true inputs must have finite pixels")
+    out = {"ssim": ssim_pairs(recon, truth).mean().item(),
+           "psnr": peak_signal_noise_ratio(recon, truth, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean().item()}
+    if evaluator is not None and labels is not None:
+        out["evaluator_accuracy"] = targets.accuracy(evaluator, recon, labels, device)
+    return out
+
+
+def summarise(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean, 95% t-interval half-width (empty for a single value) and count of ``value`` by ``by``."""
+    g = frame.groupby(by)["value"]
+    n, mean, sd = g.count(), g.mean(), g.std(ddof=1).fillna(0)
+    half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+    return pd.DataFrame({"mean": mean, "ci95": half.where(n > 1), "n": n}).reset_index()

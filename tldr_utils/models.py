@@ -80,6 +80,70 @@ class ViT(Classifier):
         return self.norm(self.encoder(t)[:, 0])
 
 
+class _Scaled(nn.Module):
+    """The classifiers' own first step, x in [0, 1] to [-1, 1], then ``inner``."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x * 2 - 1)
+
+
+class _Tokens(nn.Module):
+    """A ViT's patch embedding: images to the class token and the patch tokens, with positions."""
+
+    def __init__(self, vit: "ViT"):
+        super().__init__()
+        self.embed, self.cls, self.pos = vit.embed, vit.cls, vit.pos
+
+    def forward(self, x):
+        t = self.embed(x * 2 - 1).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls.expand(len(t), -1, -1), t], 1) + self.pos
+
+
+class _ClassToken(nn.Module):
+    """A ViT's last step before its head: the normalised class token."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, t):
+        return self.norm(t[:, 0])
+
+
+def split_points(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+    """A classifier cut after each of its blocks: ``(blocks, rest)`` with
+    ``rest(blocks[-1](...blocks[0](x)))`` equal to ``net(x)``. ``h_k(x)``, what a server
+    sees when the first k blocks run on a phone, is ``nn.Sequential(*blocks[:k])(x)``.
+
+    MLP: after each hidden layer. CNN: after each conv block and after the fully
+    connected layer. ViT: after the patch embedding and after each transformer
+    layer. Any ``nn.Sequential`` is cut after each of its children but the last.
+    The blocks share the classifier's parameters (nothing is copied).
+    """
+    if isinstance(net, MLP):
+        body = list(net.body)
+        cuts = [i + 1 for i, m in enumerate(body) if isinstance(m, nn.Dropout)]
+        parts = [body[a:b] for a, b in zip([0] + cuts, cuts)]
+        blocks = [_Scaled(nn.Sequential(*parts[0]))] + [nn.Sequential(*p) for p in parts[1:]]
+        return blocks, net.head
+    if isinstance(net, CNN):
+        body = list(net.body)
+        pools = [i + 1 for i, m in enumerate(body) if isinstance(m, nn.MaxPool2d)]
+        parts = [body[a:b] for a, b in zip([0] + pools, pools + [len(body)])]
+        blocks = [_Scaled(nn.Sequential(*parts[0]))] + [nn.Sequential(*p) for p in parts[1:]]
+        return blocks, net.head
+    if isinstance(net, ViT):
+        return [_Tokens(net), *net.encoder.layers], nn.Sequential(_ClassToken(net.norm), net.head)
+    if isinstance(net, nn.Sequential) and len(net) >= 2:
+        return list(net)[:-1], net[-1]
+    raise ValueError(f"cannot find the blocks of a {type(net).__name__}: pass one of this project's classifiers "
+                     "(MLP, CNN, ViT) or an nn.Sequential whose children are the blocks to cut between")
+
+
 def build_classifier(arch: str, in_shape, num_classes: int = 10) -> Classifier:
     """The classifier called ``arch`` (one of ARCHS) for images of ``in_shape`` (C, H, W)."""
     models = {"mlp": MLP, "cnn": CNN, "vit": ViT}

@@ -54,6 +54,21 @@ def grid_blocks(blocks: dict[str, tuple], rows: int = 3):
     return fig
 
 
+def strips(rows: dict[str, torch.Tensor], label_width: float = 1.6):
+    """One row of images per entry ``label -> images`` (equal counts), the label at the left:
+    true inputs beside their reconstructions, one row per attack or setting."""
+    n = len(next(iter(rows.values())))
+    fig, axes = plt.subplots(len(rows), n, figsize=(label_width + 0.8 * n, 0.8 * len(rows) + 0.2), squeeze=False,
+                             gridspec_kw={"hspace": 0.05, "wspace": 0.05})
+    for r, (label, images) in enumerate(rows.items()):
+        if len(images) != n:
+            raise ValueError(f"row {label!r} has {len(images)} images, the first row {n}")
+        for j in range(n):
+            show_image(axes[r][j], images[j])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    return fig
+
+
 def accuracy_by_class(results: dict[str, dict]):
     """Bars of the evaluation classifier's accuracy on the samples of each class, one panel
     per dataset, from ``experiments.run`` results: which classes come back and which do not.

@@ -58,8 +58,9 @@ class Attack:
     defaults: dict
     rules: dict
     about: str
-    needs: tuple = ()  # what the attack takes beyond the model: "class_stats" for bn_classwise
+    needs: tuple = ()  # what the attack takes beyond the model: "class_stats" for bn_classwise, "aux" for split_decoder
     version: int = 1  # part of every cached result's key: bump when the attack's algorithm changes
+    kind: str = "weights"  # "weights": class images from a classifier; "features": inputs from their activations
 
 
 @dataclass
@@ -73,6 +74,9 @@ class Problem:
     device: torch.device
     feature_layer: str | None = None
     class_stats: dict | None = None  # bn_classwise: per-class batch-norm input statistics, from the data owner
+    activations: torch.Tensor | None = None  # feature attacks: what the server saw, model(x) of the private inputs
+    aux: torch.Tensor | None = None  # split_decoder: the attacker's own images, none of them the victim's
+    labels: torch.Tensor | None = None  # feature attacks: the private inputs' labels, when known (else -1)
     skipped: list = field(default_factory=list)
 
     def skip(self, term: str, why: str) -> None:
@@ -82,26 +86,30 @@ class Problem:
             warnings.warn(f"the '{term}' term is skipped: {why}", stacklevel=3)
 
 
-ATTACKS: dict[str, Attack] = {}
+ATTACKS: dict[str, Attack] = {}  # weight attacks: a classifier in, images of each class out (``reconstruct``)
+FEATURE_ATTACKS: dict[str, Attack] = {}  # activations of private inputs in, those inputs out (``invert_features``)
 
 
-def register(name: str, defaults: dict, rules: dict, about: str, needs: tuple = (), version: int = 1):
-    """Decorator: ``fn(problem, settings, seed) -> (images, labels, steps, extra)`` becomes attack ``name``;
-    each of its settings takes its rule from the table ``rules``."""
+def register(name: str, defaults: dict, rules: dict, about: str, needs: tuple = (), version: int = 1,
+             kind: str = "weights"):
+    """Decorator: ``fn(problem, settings, seed) -> (images, labels, steps, extra)`` becomes attack ``name``
+    of ``kind``; each of its settings takes its rule from the table ``rules``."""
     missing = sorted(set(defaults) - set(rules))
     if missing:
         raise ValueError(f"attack {name!r}: settings {missing} have no rule")
 
     def wrap(fn):
-        ATTACKS[name] = Attack(name, fn, defaults, {k: rules[k] for k in defaults}, about, needs, version)
+        registry = FEATURE_ATTACKS if kind == "features" else ATTACKS
+        registry[name] = Attack(name, fn, defaults, {k: rules[k] for k in defaults}, about, needs, version, kind)
         return fn
     return wrap
 
 
 def get(name: str) -> Attack:
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
-    return ATTACKS[name]
+    attack = ATTACKS.get(name) or FEATURE_ATTACKS.get(name)
+    if attack is None:
+        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join([*ATTACKS, *FEATURE_ATTACKS])}")
+    return attack
 
 
 def resolve(name: str, settings: dict | None = None) -> dict:
@@ -133,31 +141,17 @@ def reconstruct(name: str, model: nn.Module, image_shape, num_classes: int, per_
                 settings: dict | None = None, seed: int = 0, device: str | torch.device = "cpu",
                 feature_layer: str | None = None, class_stats: dict | None = None,
                 cache: str | Path | None = None) -> Reconstruction:
-    """Run attack ``name`` against the frozen ``model``: ``per_class`` images of each of
+    """Run weight attack ``name`` against the frozen ``model``: ``per_class`` images of each of
     ``num_classes`` classes, of shape ``image_shape`` (C, H, W). The model is left as it came
     (its mode and which parameters need gradients). With ``cache`` (a folder), the result is
     kept there under a hash of the model's weights and every choice, and loaded the next time
     (its cost is the one measured when it was made; of ``extra``, what a file can hold: tensors
     and plain values, not a trained generator)."""
     attack = get(name)
+    if attack.kind != "weights":
+        raise ValueError(f"{name!r} inverts activations, not a classifier: use attacks.invert_features")
     cfg = resolve(name, settings)
-    if cache is not None:
-        key = {"attack": name, "version": attack.version, "settings": cfg, "shape": list(image_shape), "num_classes": num_classes,
-               "per_class": per_class, "seed": seed, "feature_layer": feature_layer,
-               "model": store.tensor_hash(*model.state_dict().values()),
-               "class_stats": None if class_stats is None else store.tensor_hash(
-                   *[t for k in sorted(class_stats) for pair in class_stats[k] for t in pair])}
-        path = Path(cache) / f"{name}_{store.config_hash(key)}.safetensors"
-        with store.exclusive(path):
-            if not path.exists():
-                r = reconstruct(name, model, image_shape, num_classes, per_class, cfg, seed, device, feature_layer,
-                                class_stats)
-                _save(path, r)
-                return r
-            return _load(path, name)
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"image_shape must be (channels, height, width), got {image_shape!r}")
+    shape = _shape(image_shape)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be a whole number >= 2, got {num_classes!r}")
     if not isinstance(per_class, int) or per_class < 1:
@@ -165,18 +159,74 @@ def reconstruct(name: str, model: nn.Module, image_shape, num_classes: int, per_
     if "class_stats" in attack.needs and class_stats is None:
         raise ValueError(f"attack {name!r} needs class_stats, the per-class batch-norm statistics that the data "
                          "owner records: attacks.optimisation.class_statistics(model, images, labels)")
-    problem = Problem(model, shape, num_classes, per_class, torch.device(device), feature_layer, class_stats)
     feature_input(model, feature_layer)  # a named layer that does not exist is refused before any work
-    with frozen(model):
+    problem = Problem(model, shape, num_classes, per_class, torch.device(device), feature_layer, class_stats)
+    key = {"num_classes": num_classes, "per_class": per_class, "feature_layer": feature_layer,
+           "class_stats": None if class_stats is None else store.tensor_hash(
+               *[t for k in sorted(class_stats) for pair in class_stats[k] for t in pair])}
+    return _run(attack, problem, cfg, seed, cache, key)
+
+
+def invert_features(name: str, encoder: nn.Module, activations: torch.Tensor, image_shape,
+                    settings: dict | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                    labels: torch.Tensor | None = None, aux: torch.Tensor | None = None,
+                    cache: str | Path | None = None) -> Reconstruction:
+    """Run feature attack ``name``: recover the private inputs x (of shape ``image_shape``) from
+    ``activations`` = ``encoder(x)``, what a server sees in split computing, knowing the
+    encoder's weights. ``encoder`` is the part of the model run on the device (for
+    ``split_datafree`` an ``nn.Sequential`` of its blocks: ``models.split_points``); ``aux``
+    the attacker's own images (``split_decoder``); ``labels``, when known, travel with the
+    result. Returns one image per activation, in their order; otherwise as ``reconstruct``."""
+    attack = get(name)
+    if attack.kind != "features":
+        raise ValueError(f"{name!r} attacks a classifier's weights: use attacks.reconstruct")
+    cfg = resolve(name, settings)
+    shape = _shape(image_shape)
+    if not isinstance(activations, torch.Tensor) or activations.dim() < 2 or not len(activations):
+        raise ValueError("activations must be a tensor of N >= 1 activations, encoder(x) of the private images")
+    if "aux" in attack.needs and (aux is None or aux.dim() != 4 or tuple(aux.shape[1:]) != shape):
+        raise ValueError(f"attack {name!r} needs aux, the attacker's own images (N x {shape}), none of them the "
+                         f"victim's; got {None if aux is None else tuple(aux.shape)}")
+    if labels is not None and len(labels) != len(activations):
+        raise ValueError(f"labels has {len(labels)} entries for {len(activations)} activations")
+    problem = Problem(encoder, shape, 0, 1, torch.device(device), activations=activations.detach().float(),
+                      aux=None if aux is None else aux.detach().float(),
+                      labels=torch.full((len(activations),), -1) if labels is None else labels)
+    key = {"activations": store.tensor_hash(activations),
+           "aux": None if aux is None else store.tensor_hash(aux)}
+    return _run(attack, problem, cfg, seed, cache, key)
+
+
+def _shape(image_shape) -> tuple:
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (channels, height, width), got {image_shape!r}")
+    return shape
+
+
+def _run(attack: Attack, problem: Problem, cfg: dict, seed: int, cache, key: dict) -> Reconstruction:
+    """Run ``attack`` on ``problem`` with its model frozen, timed, checked; cached under ``cache``."""
+    if cache is not None:
+        key = {**key, "attack": attack.name, "version": attack.version, "settings": cfg,
+               "shape": list(problem.image_shape), "seed": seed,
+               "model": store.tensor_hash(*problem.model.state_dict().values())}
+        path = Path(cache) / f"{attack.name}_{store.config_hash(key)}.safetensors"
+        with store.exclusive(path):
+            if not path.exists():
+                r = _run(attack, problem, cfg, seed, None, key)
+                _save(path, r)
+                return r
+            return _load(path, attack.name)
+    with frozen(problem.model):
         wall, cpu = time.perf_counter(), time.process_time()
         images, labels, steps, extra = attack.run(problem, cfg, seed)
         cost = {"cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall, "steps": steps,
                 **extra.pop("cost", {})}
     images = images.detach().cpu().float()
-    if images.shape[1:] != shape or not torch.isfinite(images).all():
-        raise RuntimeError(f"attack {name!r} returned images of shape {tuple(images.shape)} (want N x {shape}) "
-                           "or with non-finite pixels")
-    return Reconstruction(name, images.clamp(0, 1), labels.cpu(), cost, cfg, list(problem.skipped), extra)
+    if images.shape[1:] != problem.image_shape or not torch.isfinite(images).all():
+        raise RuntimeError(f"attack {attack.name!r} returned images of shape {tuple(images.shape)} "
+                           f"(want N x {problem.image_shape}) or with non-finite pixels")
+    return Reconstruction(attack.name, images.clamp(0, 1), labels.cpu(), cost, cfg, list(problem.skipped), extra)
 
 
 def _save(path: Path, r: Reconstruction) -> None:
@@ -216,4 +266,4 @@ def frozen(model: nn.Module):
         model.train(training)
 
 
-from . import generator, optimisation  # noqa: E402,F401  (each module registers its attacks)
+from . import generator, optimisation, split  # noqa: E402,F401  (each module registers its attacks)
