@@ -121,3 +121,13 @@ def test_tables_show_every_attack_of_the_baselines_notebook():
     assert "**Every attack on the same targets**" in text
     assert "| fashion_mnist | deepinversion | 1000 | 0.7 | 0.7 | 0.7 |" in text
     assert "| fashion_mnist | miface | 1000 | 0.3 | 0.3 | 0.3 |" in text
+
+
+def test_split_computing_table_gives_each_depth_with_its_interval():
+    key = {"dataset": "fashion_mnist", "arch": "cnn", "method": "split_optimisation", "train_size": "all",
+           "metric": "ssim"}
+    rows = pd.DataFrame([{**key, "seed": s, "value": v, "setting": f"split_depth{d}"}
+                         for d, values in ((1, (0.9, 0.8)), (2, (0.5, 0.5))) for s, v in enumerate(values)])
+    text = report.tables(rows, "cpu")
+    assert "**Split computing**" in text
+    assert "| cnn | 1 | split_optimisation | 0.850 ± 0.635 |" in text and "| cnn | 2 | split_optimisation | 0.500 ± 0.000 |" in text

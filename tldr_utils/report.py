@@ -206,6 +206,14 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         parts += ["**Every attack on the same targets** (`06_baselines`; `l2_diff` is train minus held-out, with "
                   "its 95% bootstrap interval in `_lo`/`_hi`; `synthetic_utility` is the real-test accuracy of a CNN "
                   "trained only on the attack's images).", _markdown(t.round(3))]
+    split = m[m.setting.str.startswith("split_depth") & m.metric.isin(["ssim", "psnr", "evaluator_accuracy"])]
+    if len(split):
+        split = split.assign(depth=split.setting.str.removeprefix("split_depth").astype(int))
+        t = split.groupby(["arch", "depth", "method", "metric"], sort=False)["value"].apply(_mean_ci).unstack()
+        t = t[[c for c in ("ssim", "psnr", "evaluator_accuracy") if c in t.columns]].reset_index()
+        parts += ["**Split computing** (`08_split_computing`): each private test image against its reconstruction from "
+                  "the activations after `depth` blocks (mean ± 95% t-interval over seeds; a `_aux_` decoder was "
+                  "trained on another dataset's images, one seed).", _markdown(t)]
     util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
         parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
