@@ -154,3 +154,14 @@ def test_paired_quality_scores_a_perfect_copy_as_one():
     assert q["ssim"] == pytest.approx(1.0, abs=1e-4) and q["psnr"] > 60
     with pytest.raises(ValueError, match="must pair up"):
         metrics.paired_quality(x, x[:3])
+
+
+def test_an_attack_leaves_every_module_in_the_mode_it_found_it():
+    net = build_classifier("cnn", SHAPE).eval()
+    encoder = nn.Sequential(*split_points(net)[0][:2])  # a new container: in training mode, its blocks in eval
+    before = {name: m.training for name, m in encoder.named_modules()}
+    with torch.no_grad():
+        a = encoder(_smooth(4))
+    attacks.invert_features("split_optimisation", encoder, a, SHAPE, {"steps": 2})
+    assert {name: m.training for name, m in encoder.named_modules()} == before
+    assert not any(m.training for m in net.modules())  # the classifier's batch norm and dropout stay in eval

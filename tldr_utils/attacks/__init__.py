@@ -252,8 +252,9 @@ def _load(path: Path, name: str) -> Reconstruction:
 
 @contextlib.contextmanager
 def frozen(model: nn.Module):
-    """The model in eval mode with no parameter needing a gradient; both restored afterwards."""
-    training = model.training
+    """The model in eval mode with no parameter needing a gradient; both restored afterwards,
+    module by module (``model.train(flag)`` would impose one mode on every submodule)."""
+    modes = [(m, m.training) for m in model.modules()]
     trainable = [p.requires_grad for p in model.parameters()]
     model.eval()
     for p in model.parameters():
@@ -263,7 +264,8 @@ def frozen(model: nn.Module):
     finally:
         for p, flag in zip(model.parameters(), trainable):
             p.requires_grad_(flag)
-        model.train(training)
+        for m, flag in modes:
+            m.training = flag
 
 
 from . import generator, optimisation, split  # noqa: E402,F401  (each module registers its attacks)

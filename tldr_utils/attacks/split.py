@@ -33,9 +33,9 @@ from ..inversion import stats_distance
 from . import Problem, register
 from .optimisation import RULES as _OPT_RULES, tv_losses
 
-SPLIT_OPTIMISATION = {"steps": 1000, "lr": 0.05, "tv": 0.01, "bn": 0.01, "first_bn_multiplier": 1.0}
-SPLIT_DECODER = {"steps": 600, "batch_size": 32, "lr": 0.003, "width": 64}
-SPLIT_DATAFREE = {"steps": 600, "batch_size": 32, "lr": 0.003, "width": 64, "cycle": 1.0}
+SPLIT_OPTIMISATION = {"steps": 500, "lr": 0.05, "tv": 0.01, "bn": 0.01, "first_bn_multiplier": 1.0}
+SPLIT_DECODER = {"steps": 400, "batch_size": 32, "lr": 0.003, "width": 32}
+SPLIT_DATAFREE = {"steps": 400, "batch_size": 32, "lr": 0.003, "width": 32, "cycle": 1.0}
 RULES = {**_OPT_RULES, "width": config.RULES["batch_size"], "cycle": _OPT_RULES["tv"]}
 
 
