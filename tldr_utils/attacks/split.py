@@ -33,9 +33,9 @@ from ..inversion import stats_distance
 from . import Problem, register
 from .optimisation import RULES as _OPT_RULES, tv_losses
 
-SPLIT_OPTIMISATION = {"steps": 500, "lr": 0.05, "tv": 0.01, "bn": 0.01, "first_bn_multiplier": 1.0}
-SPLIT_DECODER = {"steps": 400, "batch_size": 32, "lr": 0.003, "width": 32}
-SPLIT_DATAFREE = {"steps": 400, "batch_size": 32, "lr": 0.003, "width": 32, "cycle": 1.0}
+SPLIT_OPTIMISATION = {"steps": 400, "lr": 0.05, "tv": 0.01, "bn": 0.01, "first_bn_multiplier": 1.0}
+SPLIT_DECODER = {"steps": 300, "batch_size": 32, "lr": 0.003, "width": 32}
+SPLIT_DATAFREE = {"steps": 300, "batch_size": 32, "lr": 0.003, "width": 32, "cycle": 1.0}
 RULES = {**_OPT_RULES, "width": config.RULES["batch_size"], "cycle": _OPT_RULES["tv"]}
 
 
@@ -44,7 +44,8 @@ class Inverse(nn.Module):
     """A learned map from activations of shape ``in_shape`` back to ``out_shape``.
 
     Maps (C, h, w) to (C', H, W) with convolutions and bilinear upsampling; any
-    other pair of shapes through a hidden layer of ``4 * width`` units. ``bounded``
+    other pair of shapes through a hidden layer of ``16 * width`` units (wide, and
+    cheap: a narrow one would cap what any flat activation gives back). ``bounded``
     outputs (images) pass through a sigmoid into [0, 1].
     """
 
@@ -61,8 +62,8 @@ class Inverse(nn.Module):
                 nn.Conv2d(width // 4, self.out_shape[0], 3, padding=1))
         else:
             n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_in, 4 * width), nn.BatchNorm1d(4 * width),
-                                     nn.LeakyReLU(0.2), nn.Linear(4 * width, n_out))
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_in, 16 * width), nn.BatchNorm1d(16 * width),
+                                     nn.LeakyReLU(0.2), nn.Linear(16 * width, n_out))
 
     def forward(self, a):
         out = self.net(a).view(len(a), *self.out_shape)
