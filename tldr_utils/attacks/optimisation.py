@@ -80,6 +80,16 @@ def class_statistics(model, images: torch.Tensor, labels: torch.Tensor, batch_si
 
 
 # ----------------------------------------------------------------- the shared optimisation
+def descend(opt, sched, loss: torch.Tensor, desc: str, step: int, lr: float) -> None:
+    """One step of ``opt`` (and its schedule) down ``loss``; a non-finite loss stops the run, naming ``lr``."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {lr})")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def _synthesise(problem: Problem, labels: torch.Tensor, cfg: dict, seed: int, bn_loss, desc: str) -> torch.Tensor:
     """Optimise one batch of images of ``labels`` from noise. ``bn_loss(captured, labels)`` scores
     what entered the batch-norm layers (None: no such term)."""
@@ -102,12 +112,7 @@ def _synthesise(problem: Problem, labels: torch.Tensor, cfg: dict, seed: int, bn
             loss = loss + cfg["bn"] * bn_loss(bn.inputs, y)
         tv_l1, tv_l2 = tv_losses(x)
         loss = loss + cfg["tv_l1"] * tv_l1 + cfg["tv_l2"] * tv_l2 + cfg["l2"] * x.pow(2).flatten(1).sum(1).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {cfg['lr']})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        descend(opt, sched, loss, desc, step, cfg["lr"])
         with torch.no_grad():
             x.clamp_(0, 1)
     return x.detach()

@@ -31,7 +31,7 @@ from .. import config, store
 from ..hooks import BatchNormInputs, batch_norm_layers
 from ..inversion import stats_distance
 from . import Problem, register
-from .optimisation import RULES as _OPT_RULES, tv_losses
+from .optimisation import RULES as _OPT_RULES, descend, tv_losses
 
 SPLIT_OPTIMISATION = {"steps": 400, "lr": 0.05, "tv": 0.01, "bn": 0.01, "first_bn_multiplier": 1.0}
 SPLIT_DECODER = {"steps": 300, "batch_size": 32, "lr": 0.003, "width": 32}
@@ -99,12 +99,7 @@ def _train(module: nn.Module, loss_fn, steps: int, lr: float, desc: str) -> list
     losses = []
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1):
         loss = loss_fn(step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        descend(opt, sched, loss, desc, step, lr)
         losses.append(loss.item())
     return losses
 
@@ -137,13 +132,7 @@ def split_optimisation(problem: Problem, cfg: dict, seed: int):
         loss = loss + cfg["tv"] * tv_losses(x)[0]
         if running and cfg["bn"]:
             loss = loss + cfg["bn"] * stats_distance(bn.inputs, running, cfg["first_bn_multiplier"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"split_optimisation: loss became {loss.item()} at step {step}; "
-                                     f"lower lr (now {cfg['lr']})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        descend(opt, sched, loss, "split_optimisation", step, cfg["lr"])
         with torch.no_grad():
             x.clamp_(0, 1)
     return x.detach(), problem.labels, steps, {}
