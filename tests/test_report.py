@@ -131,3 +131,15 @@ def test_split_computing_table_gives_each_depth_with_its_interval():
     text = report.tables(rows, "cpu")
     assert "**Split computing**" in text
     assert "| cnn | 1 | split_optimisation | 0.850 ± 0.635 |" in text and "| cnn | 2 | split_optimisation | 0.500 ± 0.000 |" in text
+
+
+def test_defence_table_gives_each_lambda_with_its_accuracy_and_the_attackers_ssim():
+    key = {"dataset": "fashion_mnist", "arch": "cnn", "train_size": "10000", "seed": 0}
+    rows = [{**key, "setting": f"defence_lambda{lam:g}", "method": method, "metric": metric, "value": value}
+            for lam, acc, ssim in ((0.0, 0.9, 0.6), (100.0, 0.88, 0.35))
+            for method, metric, value in (("classifier", "test_accuracy", acc), ("split_decoder", "ssim", ssim))]
+    rows.append({**key, "setting": "defence_floor", "method": "class_mean", "metric": "ssim", "value": 0.3})
+    text = report.tables(pd.DataFrame(rows), "cpu")
+    assert "**The defence**" in text and "the class alone (its mean image) gives SSIM 0.300" in text
+    assert "| arch | lambda | classifier test_accuracy | split_decoder ssim |" in text
+    assert "| cnn | 0.0 | 0.9 | 0.6 |" in text and "| cnn | 100.0 | 0.88 | 0.35 |" in text

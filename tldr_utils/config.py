@@ -192,7 +192,10 @@ RULES = {
        for name in ("deepinversion", "miface", "bn_classwise", "split_optimisation", "split_decoder", "split_datafree")},
     "per_class": _whole(4), "evaluator_steps": _whole(1), "resamples": _whole(100),
     "dataset": _choice(_datasets), "model_steps": _whole(1), "shift_dataset": _choice(_datasets),
-    "victims_per_class": _whole(1), "aux_size": _whole(2), "strip": _whole(1),
+    "victims_per_class": _whole(1), "aux_size": _whole(2), "strip": _whole(1), "depth": _whole(1),
+    "lambdas": (lambda v: isinstance(v, list) and len(v) > 0 and all(_real(0)[0](x) for x in v),
+                "a non-empty list of numbers >= 0 (0: no defence)"),
+    "perceptual_weight": _real(0), "adversary_steps": _whole(1), "attack_steps": _whole(1), "tldr_steps": _whole(1),
 }
 
 

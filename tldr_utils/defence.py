@@ -46,13 +46,18 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, perceptual: nn.Mod
 
 def train_defended(arch: str, images: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, depth: int, lam: float,
                    *, num_classes: int = 10, steps: int = 800, batch_size: int = 64, lr: float = 0.002,
-                   decoder_lr: float = 0.003, decoder_width: int = 64, perceptual: nn.Module | None = None,
-                   perceptual_weight: float = 1.0, seed: int = 0, device="cpu", desc: str = "defence"):
+                   decoder_lr: float = 0.003, decoder_width: int = 64, adversary_steps: int = 1,
+                   perceptual: nn.Module | None = None, perceptual_weight: float = 1.0, seed: int = 0, device="cpu",
+                   desc: str = "defence"):
     """A classifier of ``arch`` trained on ``images``/``labels`` against an adversary decoder that
-    sees its first ``depth`` blocks and learns on ``aux``. Returns the classifier (in eval mode)
-    and the per-step ``task`` and ``rec`` (the adversary's reconstruction loss on the training batch)."""
+    sees its first ``depth`` blocks and learns on ``aux``, ``adversary_steps`` of its steps to each of
+    the classifier's (a decoder kept near its best leaves the encoder no way to raise its loss but
+    to lose information). Returns the classifier (in eval mode) and, per step, ``task``, ``rec``
+    (the adversary's reconstruction loss on the training batch) and ``decoder`` (on its own batch)."""
     if lam < 0 or not math.isfinite(lam):
         raise ValueError(f"lam must be a number >= 0 (0: no defence), got {lam!r}")
+    if not (isinstance(adversary_steps, int) and adversary_steps >= 1):
+        raise ValueError(f"adversary_steps must be a whole number >= 1, got {adversary_steps!r}")
     shape = tuple(images.shape[1:])
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -74,16 +79,17 @@ def train_defended(arch: str, images: torch.Tensor, labels: torch.Tensor, aux: t
     opt_d = torch.optim.Adam(D.parameters(), lr=decoder_lr)
     history = []
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1):
-        # the adversary: one step on its own images, against the encoder as it is now
-        xa = aux[torch.randint(len(aux), (batch_size,), generator=gen)].to(device)
+        # the adversary: its steps on its own images, against the encoder as it is now
         net.eval()
-        with torch.no_grad():
-            a = encoder(xa)
         D.train()
-        d_loss = reconstruction_loss(D(a), xa, perceptual, perceptual_weight)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        for _ in range(adversary_steps):
+            xa = aux[torch.randint(len(aux), (batch_size,), generator=gen)].to(device)
+            with torch.no_grad():
+                a = encoder(xa)
+            d_loss = reconstruction_loss(D(a), xa, perceptual, perceptual_weight)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
         # the defender: the task, minus lambda times what the adversary recovers
         idx = torch.randint(len(images), (batch_size,), generator=gen)
         x, y = images[idx].to(device), labels[idx].to(device)
@@ -107,7 +113,7 @@ def get_defended(folder, arch: str, images: torch.Tensor, labels: torch.Tensor, 
                  lam: float, **settings):
     """``train_defended``, cached in ``folder`` under a hash of the data, ``depth``, ``lam`` and every
     setting (a ``perceptual`` network by its weights). Returns the classifier and its meta
-    (settings, the last step's losses, training seconds)."""
+    (settings, training seconds, and ``late``: each loss averaged over the last tenth of the steps)."""
     perceptual = settings.get("perceptual")
     spec = {"arch": arch, "depth": depth, "lam": lam, "data": store.tensor_hash(images, labels, aux),
             **{k: v for k, v in settings.items() if k not in ("perceptual", "device")},
@@ -119,6 +125,8 @@ def get_defended(folder, arch: str, images: torch.Tensor, labels: torch.Tensor, 
             return net.eval(), store.load_model(path, net)
         start = time.time()
         net, history = train_defended(arch, images, labels, aux, depth, lam, desc=f"defence lam={lam:g}", **settings)
-        meta = {**spec, "seconds": round(time.time() - start, 1), "final": history[-1]}
+        tail = history[-max(1, len(history) // 10):]
+        late = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]}
+        meta = {**spec, "seconds": round(time.time() - start, 1), "late": late}
         store.save_model(path, net.cpu(), meta)
     return net.eval(), meta

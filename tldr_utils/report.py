@@ -214,6 +214,18 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         parts += ["**Split computing** (`08_split_computing`): each private test image against its reconstruction from "
                   "the activations after `depth` blocks (mean ± 95% t-interval over seeds; a `_aux_` decoder was "
                   "trained on another dataset's images, one seed).", _markdown(t)]
+    defended = m[m.setting.str.startswith("defence_lambda")]
+    if len(defended):
+        t = defended.assign(**{"lambda": defended.setting.str.removeprefix("defence_lambda").astype(float)})
+        t = t[t.metric.isin(["test_accuracy", "ssim", "evaluator_accuracy", "membership_auc"])]
+        t = t.pivot_table(index=["arch", "lambda"], columns=["method", "metric"], values="value")
+        t.columns = [f"{a} {b}" for a, b in t.columns]
+        floor = m[(m.setting == "defence_floor") & (m.metric == "ssim")]["value"]
+        parts += ["**The defence** (`09_defence`): each lambda's classifier, its test accuracy, what a fresh "
+                  "decoder and `split_optimisation` recover from its frozen encoder (SSIM to the true inputs), and "
+                  "TLDR against the whole classifier"
+                  + (f"; the class alone (its mean image) gives SSIM {floor.iloc[0]:.3f}." if len(floor) else "."),
+                  _markdown(t.reset_index().round(3))]
     util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
         parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
