@@ -32,6 +32,17 @@ def random_shift(images: torch.Tensor, pixels: int, generator: torch.Generator |
     return padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
 
+def descend(opt, sched, loss: torch.Tensor, desc: str, step: int, lr: float) -> None:
+    """One step of ``opt`` (and its schedule) down ``loss``; a non-finite loss stops the run, naming
+    ``lr``. Shared by classifier training and the optimisation attacks."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {lr})")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, lr: float,
                      seed: int, device="cpu", desc: str = "train", shift: int = 0, announce: bool = False) -> list[float]:
     """Adam with cosine decay for ``steps`` minibatches of shuffled ``images`` in [0, 1],
@@ -50,12 +61,7 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int
         idx = order[pos:pos + batch_size]
         pos += batch_size
         loss = F.cross_entropy(net(random_shift(images[idx], shift, gen).to(device)), labels[idx].to(device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        descend(opt, sched, loss, desc, step, lr)
         losses.append(loss.item())
         if announce and step == min(19, steps - 1):
             per_step = (time.time() - start) / (step + 1)

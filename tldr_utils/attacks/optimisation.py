@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .. import config
 from ..hooks import BatchNormInputs, batch_norm_layers
 from ..inversion import jitter, stats_distance
+from ..targets import descend
 from . import Problem, register
 
 DEEPINVERSION = {"steps": 2000, "batch_size": 100, "lr": 0.05, "ce": 1.0, "bn": 0.05, "first_bn_multiplier": 10.0,
@@ -80,16 +81,6 @@ def class_statistics(model, images: torch.Tensor, labels: torch.Tensor, batch_si
 
 
 # ----------------------------------------------------------------- the shared optimisation
-def descend(opt, sched, loss: torch.Tensor, desc: str, step: int, lr: float) -> None:
-    """One step of ``opt`` (and its schedule) down ``loss``; a non-finite loss stops the run, naming ``lr``."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {lr})")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
-
-
 def _synthesise(problem: Problem, labels: torch.Tensor, cfg: dict, seed: int, bn_loss, desc: str) -> torch.Tensor:
     """Optimise one batch of images of ``labels`` from noise. ``bn_loss(captured, labels)`` scores
     what entered the batch-norm layers (None: no such term)."""

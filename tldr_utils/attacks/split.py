@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 from .. import config, store
 from ..hooks import BatchNormInputs, batch_norm_layers
 from ..inversion import stats_distance
+from ..targets import descend
 from . import Problem, register
-from .optimisation import RULES as _OPT_RULES, descend, tv_losses
+from .optimisation import RULES as _OPT_RULES, tv_losses
 
 SPLIT_OPTIMISATION = {"steps": 400, "lr": 0.05, "tv": 0.01, "bn": 0.01, "first_bn_multiplier": 1.0}
 SPLIT_DECODER = {"steps": 300, "batch_size": 32, "lr": 0.003, "width": 32}
