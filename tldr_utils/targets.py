@@ -44,10 +44,13 @@ def descend(opt, sched, loss: torch.Tensor, desc: str, step: int, lr: float) -> 
 
 
 def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, lr: float,
-                     seed: int, device="cpu", desc: str = "train", shift: int = 0, announce: bool = False) -> list[float]:
+                     seed: int, device="cpu", desc: str = "train", shift: int = 0, announce: bool = False,
+                     stop=None) -> list[float]:
     """Adam with cosine decay for ``steps`` minibatches of shuffled ``images`` in [0, 1],
     each image moved by up to ``shift`` pixels (``random_shift``) when ``shift`` is nonzero.
-    ``announce`` prints, after the first steps, how long the whole training will take."""
+    ``announce`` prints, after the first steps, how long the whole training will take.
+    ``stop(step)``, when given, is asked after every step (1, 2, ...) and ends the training early by
+    returning True; it may evaluate the network (training resumes in train mode)."""
     gen = torch.Generator().manual_seed(seed)
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -69,6 +72,10 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int
                   f"({per_step:.2f} s a step on this machine)", flush=True)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if stop is not None:
+            if stop(step + 1):
+                break
+            net.train()
     return losses
 
 

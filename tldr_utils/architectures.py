@@ -1,0 +1,114 @@
+"""Which architecture leaks more: classifiers of several architectures at matched accuracy,
+and the tests that compare them (notebook 10; Suhail & Sethi, arXiv 2502.00760).
+
+A more accurate classifier may give more recognisable reconstructions for that reason
+alone, so architectures are compared at the *same* accuracy. Each is trained with a
+check of its validation accuracy every ``check_every`` steps; the level is the best
+accuracy the weakest of them reaches, and each keeps the checkpoint whose accuracy is
+nearest that level. Training the weaker first lets each stronger one stop as soon as it
+passes the level reached so far: the same checkpoints as training all of them in full,
+at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from . import store
+from .models import build_classifier
+from .targets import accuracy, train_classifier
+
+
+def train_matched(archs, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
+                  val_labels: torch.Tensor, *, steps: int, batch_size: int, lr: float, check_every: int,
+                  num_classes: int = 10, seed: int = 0, device="cpu") -> dict:
+    """Classifiers of each of ``archs`` trained on ``images``/``labels`` to matched accuracy on
+    ``val_images``/``val_labels``. Train the weakest architecture first (the stronger then stop
+    early). Returns ``{arch: (net in eval mode, meta)}``; meta holds the level, the chosen step
+    and its validation accuracy, the steps trained and every check (step, accuracy)."""
+    archs = list(archs)
+    if len(set(archs)) != len(archs) or not archs:
+        raise ValueError(f"archs must name distinct architectures, got {archs!r}")
+    if not (isinstance(check_every, int) and 1 <= check_every <= steps):
+        raise ValueError(f"check_every must be a whole number between 1 and steps ({steps}), got {check_every!r}")
+    shape, level, checks, seconds = tuple(images.shape[1:]), float("inf"), {}, {}
+    for arch in archs:
+        torch.manual_seed(seed)
+        net = build_classifier(arch, shape, num_classes).to(device)
+        found = checks[arch] = []
+
+        def stop(step, net=net, found=found):
+            if step % check_every and step != steps:
+                return False
+            acc = accuracy(net, val_images, val_labels, device)
+            found.append((step, acc, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}))
+            return acc >= level
+
+        start = time.time()
+        train_classifier(net, images, labels, steps, batch_size, lr, seed, device, desc=f"{arch} to a matched level",
+                         stop=stop)
+        seconds[arch] = time.time() - start
+        level = min(level, max(acc for _, acc, _ in found))
+    out = {}
+    for arch in archs:
+        step, acc, state = min(checks[arch], key=lambda c: (abs(c[1] - level), c[0]))
+        torch.manual_seed(seed)
+        net = build_classifier(arch, shape, num_classes)
+        net.load_state_dict(state)
+        out[arch] = (net.eval(), {"arch": arch, "level": level, "step": step, "validation_accuracy": acc,
+                                  "steps_trained": checks[arch][-1][0], "seconds": round(seconds[arch], 1),
+                                  "checks": [(s, a) for s, a, _ in checks[arch]]})
+    return out
+
+
+def get_matched(folder, archs, images, labels, val_images, val_labels, **settings) -> dict:
+    """``train_matched``, cached in ``folder`` under a hash of the data, the architectures and
+    every setting; returns the same ``{arch: (net, meta)}``."""
+    spec = {"archs": list(archs), "data": store.tensor_hash(images, labels, val_images, val_labels),
+            **{k: v for k, v in settings.items() if k != "device"}}
+    stem = Path(folder) / f"matched_{store.config_hash(spec)}"
+    paths = {arch: Path(f"{stem}_{arch}.safetensors") for arch in archs}
+    shape, num_classes = tuple(images.shape[1:]), settings.get("num_classes", 10)
+    with store.exclusive(stem.with_suffix(".lock")):
+        if all(p.exists() for p in paths.values()):
+            out = {}
+            for arch, path in paths.items():
+                net = build_classifier(arch, shape, num_classes)
+                out[arch] = (net.eval(), store.load_model(path, net))
+            return out
+        out = train_matched(archs, images, labels, val_images, val_labels, **settings)
+        for arch, (net, meta) in out.items():
+            store.save_model(paths[arch], net.cpu(), {**spec, **meta})
+    return out
+
+
+def compare(frame: pd.DataFrame, metric: str, block: list[str], arch: str = "arch") -> dict:
+    """Do architectures differ in ``metric``? ``frame`` is tidy (one ``value`` per row); rows
+    that share the columns ``block`` (e.g. dataset, size, seed, attack) are one block, measured
+    once for each architecture. Returns the Friedman test across architectures (blocks with
+    every architecture only), each pair's Wilcoxon signed-rank test on the blocks they share,
+    and the mean of each architecture."""
+    rows = frame[frame.metric == metric]
+    wide = rows.pivot_table(index=block, columns=arch, values="value", aggfunc="mean").dropna()
+    names = list(wide.columns)
+    if len(wide) < 2 or len(names) < 2:
+        raise ValueError(f"{metric!r}: need at least 2 blocks measured for at least 2 architectures, got "
+                         f"{len(wide)} block(s) for {names}")
+    out = {"metric": metric, "blocks": len(wide), "mean": wide.mean().to_dict()}
+    out["friedman_p"] = (float(stats.friedmanchisquare(*[wide[a] for a in names]).pvalue)
+                         if len(names) >= 3 else float("nan"))
+    pairs = {}
+    for a, b in itertools.combinations(names, 2):
+        diff = (wide[a] - wide[b]).to_numpy()
+        p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+        pairs[f"{a}-{b}"] = {"mean_difference": float(diff.mean()), "p": p, "wins": int((diff > 0).sum()),
+                             "blocks": len(diff)}
+    out["pairs"] = pairs
+    return out
