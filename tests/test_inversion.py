@@ -258,3 +258,12 @@ def test_a_failed_training_leaves_the_target_as_it_came(net):
         assert [p.requires_grad for p in net.parameters()] == flags
     finally:
         net.head.bias.requires_grad_(True)
+
+
+def test_grad_norm_trains_a_generator_against_a_vision_transformer():
+    # the weight-gradient term differentiates through attention twice; the fast attention kernel cannot
+    torch.manual_seed(0)
+    vit = build_classifier("vit", (1, 8, 8)).eval()
+    G, history = inversion.train_generator(vit, (1, 8, 8), 10, {"ce": 1.0, "grad_norm": 0.1}, steps=3, batch_size=8)
+    assert len(history) == 3 and history[0]["grad_norm"] > 0
+    assert all(p.grad is not None for p in G.parameters() if p.requires_grad)

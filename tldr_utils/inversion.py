@@ -27,10 +27,12 @@ inversion may also borrow TLDR's ``ce_pert`` (zero in our profiles).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from . import targets
@@ -252,24 +254,28 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
     opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
     history = []
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
+    # grad_norm differentiates a gradient: attention must run on the kernel that has a second derivative
+    second_order = sdpa_kernel(SDPBackend.MATH) if weights.get("grad_norm") else contextlib.nullcontext()
     try:
-        for step in bar:
-            labels = torch.randint(num_classes, (batch_size,), generator=gen)
-            p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
-            z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
-            x = G(z, labels.to(device) if conditioning == "label" else p)
-            terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation, feature_layer)
-            ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
-            loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step} "
-                                         f"({ {k: round(v.item(), 4) for k, v in terms.items()} }); lower lr (now {lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=list(G.parameters()))
-            opt.step()
-            history.append({k: v.item() for k, v in terms.items()} | {"total": loss.item()})
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        with second_order:
+            for step in bar:
+                labels = torch.randint(num_classes, (batch_size,), generator=gen)
+                p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
+                z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
+                x = G(z, labels.to(device) if conditioning == "label" else p)
+                terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation, feature_layer)
+                ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
+                loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step} "
+                                             f"({ {k: round(v.item(), 4) for k, v in terms.items()} }); "
+                                             f"lower lr (now {lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward(inputs=list(G.parameters()))
+                opt.step()
+                history.append({k: v.item() for k, v in terms.items()} | {"total": loss.item()})
+                if step % 25 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
     finally:  # the target leaves as it came, even when training fails
         for param, trainable in zip(net.parameters(), was_trainable):
             param.requires_grad_(trainable)
