@@ -40,7 +40,6 @@ figures: data  ## run every notebook through papermill into runs/<profile>/; a f
 			-p profile $(PROFILE) $(OVERRIDES) --log-level WARNING; \
 		echo "   $$(basename $$nb): $$(( $$(date +%s) - t ))s"; \
 	done; \
-	echo $$(( $$(date +%s) - start )) > runs/$(PROFILE)/figures_seconds.txt; \
 	$(PY) -m tldr_utils.report --profile $(PROFILE) $(if $(DATASETS),--datasets $(DATASETS)); \
 	echo "figures: $$(ls runs/$(PROFILE)/figures | wc -l) files in runs/$(PROFILE)/figures after $$(( $$(date +%s) - start ))s"
 

@@ -101,9 +101,8 @@ def test_run_time_is_read_from_the_executed_notebooks(tmp_path, monkeypatch):
     notebooks.mkdir(parents=True)
     for name, seconds in (("01_train_targets", 600), ("02_invert", 90)):
         (notebooks / f"{name}.ipynb").write_text(json.dumps({"metadata": {"papermill": {"duration": seconds}}}))
-    (tmp_path / "cpu" / "figures_seconds.txt").write_text("700")
     text = report.tables(_rows(), "cpu")
-    assert "ran its notebooks in 12 minutes (01 10.0 + 02 1.5);" in text
+    assert "Its notebooks took 12 minutes in all (01 10.0 + 02 1.5)," in text
 
 
 def test_spans_print_one_value_when_both_ends_agree_and_no_negative_zero():
@@ -143,3 +142,19 @@ def test_defence_table_gives_each_lambda_with_its_accuracy_and_the_attackers_ssi
     assert "**The defence**" in text and "the class alone (its mean image) gives SSIM 0.300" in text
     assert "| arch | lambda | classifier test_accuracy | split_decoder ssim |" in text
     assert "| cnn | 0.0 | 0.9 | 0.6 |" in text and "| cnn | 100.0 | 0.88 | 0.35 |" in text
+
+
+def test_architectures_table_puts_the_matched_accuracy_beside_every_attack():
+    rows = []
+    for seed in (0, 1):
+        for arch, acc in (("mlp", 0.80), ("cnn", 0.81)):
+            key = {"dataset": "fashion_mnist", "arch": arch, "train_size": "1000", "seed": seed,
+                   "setting": "architectures"}
+            rows += [{**key, "method": "classifier", "metric": "test_accuracy", "value": acc},
+                     {**key, "method": "tldr", "metric": "membership_auc", "value": 0.5},
+                     {**key, "method": "split_optimisation_first", "metric": "ssim", "value": 0.9}]
+    text = report.tables(pd.DataFrame(rows), "cpu")
+    assert "**Architectures at matched accuracy**" in text
+    assert "| dataset | train_size | arch | test_accuracy | method | membership_auc | ssim |" in text
+    assert "| fashion_mnist | 1000 | cnn | 0.810 ± 0.000 | tldr | 0.500 ± 0.000 | - |" in text
+    assert "| fashion_mnist | 1000 | mlp | 0.800 ± 0.000 | split_optimisation_first | - | 0.900 ± 0.000 |" in text

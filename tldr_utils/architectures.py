@@ -3,9 +3,10 @@ and the tests that compare them (notebook 10; Suhail & Sethi, arXiv 2502.00760).
 
 A more accurate classifier may give more recognisable reconstructions for that reason
 alone, so architectures are compared at the *same* accuracy. Each is trained with a
-check of its validation accuracy every ``check_every`` steps; the level is the best
-accuracy the weakest of them reaches, and each keeps the checkpoint whose accuracy is
-nearest that level. Training the weaker first lets each stronger one stop as soon as it
+check of its validation accuracy after every one of its first ``check_every`` steps (a
+small network can pass the level within them) and every ``check_every`` steps after;
+the level is the best accuracy the weakest of them reaches, and each keeps the
+checkpoint whose accuracy is nearest that level. Training the weaker first lets each stronger one stop as soon as it
 passes the level reached so far: the same checkpoints as training all of them in full,
 at a fraction of the cost.
 """
@@ -45,7 +46,7 @@ def train_matched(archs, images: torch.Tensor, labels: torch.Tensor, val_images:
         found = checks[arch] = []
 
         def stop(step, net=net, found=found):
-            if step % check_every and step != steps:
+            if step > check_every and step % check_every and step != steps:
                 return False
             acc = accuracy(net, val_images, val_labels, device)
             found.append((step, acc, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}))

@@ -134,6 +134,11 @@ def _methods():
     return tuple(GENERATOR_SECTIONS)
 
 
+def _weight_attacks():
+    from . import attacks
+    return list(attacks.ATTACKS)
+
+
 def _device_ok(v) -> bool:
     if v == "auto":
         return True
@@ -196,6 +201,8 @@ RULES = {
     "lambdas": (lambda v: isinstance(v, list) and len(v) > 0 and all(_real(0)[0](x) for x in v),
                 "a non-empty list of numbers >= 0 (0: no defence)"),
     "perceptual_weight": _real(0), "adversary_steps": _whole(1), "attack_steps": _whole(1), "tldr_steps": _whole(1),
+    "check_every": _whole(1), "validation_size": _whole(10), "split_steps": _whole(1),
+    "weight_attacks": _list_of(_choice(_weight_attacks)),
 }
 
 

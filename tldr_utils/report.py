@@ -23,6 +23,8 @@ LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "memb
            "evaluator_accuracy"]
 BASELINES = ["evaluator_accuracy", "precision", "recall", "within_class_ssim", "l2_diff", "l2_diff_lo", "l2_diff_hi",
              "membership_auc", "cpu_seconds_per_image", "synthetic_utility"]  # the columns of 06's table
+ARCHITECTURES = ["evaluator_accuracy", "precision", "recall", "nn_ssim_train", "nn_ssim_gap", "membership_auc",
+                 "ssim"]  # the columns of 10's table
 LOSSES = {"main": "ours", "paper_loss": "paper only"}  # setting -> how the Figures 3-4 table names the loss
 EVALUATOR_BAR = 0.80  # share of samples the independent evaluator must recognise (the acceptance bar)
 
@@ -42,14 +44,15 @@ def _mean_ci(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {half:.3f}"
 
 
-def notebook_minutes(profile: str) -> str:
-    """How long each executed notebook of the run took in minutes, as papermill recorded it: " (01 12.6 + 02 6.0 ...)"."""
-    times = []
+def notebook_minutes(profile: str) -> tuple[float, str]:
+    """How long each executed notebook of the run took, as papermill recorded it: the total in
+    minutes and each one, "01 12.6 + 02 6.0 ..." (0 and "" when none was recorded)."""
+    times = {}
     for nb in sorted((config.run_dir(profile) / "notebooks").glob("*.ipynb")):
         duration = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration")
         if duration:
-            times.append(f"{nb.name[:2]} {duration / 60:.1f}")
-    return f" ({' + '.join(times)})" if times else ""
+            times[nb.name[:2]] = duration / 60
+    return sum(times.values()), " + ".join(f"{k} {v:.1f}" for k, v in times.items())
 
 
 def _span(values, fmt: str = "{:.3f}") -> str:
@@ -147,11 +150,10 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     main, sweep = m[m.setting == "main"], m[m.setting == "sweep"]
     parts = [f"Profile `{profile}`; every number below comes from `runs/{profile}/metrics.csv` "
              f"(a copy is `figures/metrics.csv`), the times from the executed notebooks in `runs/{profile}/notebooks/`."]
-    seconds = config.run_dir(profile) / "figures_seconds.txt"
-    if seconds.exists():
-        parts[0] += (f" The last `make figures` ran its notebooks in {int(seconds.read_text()) / 60:.0f} minutes"
-                     f"{notebook_minutes(profile)}; checkpoints cached by an earlier run are reused, so a rerun "
-                     "takes less.")
+    total, each = notebook_minutes(profile)
+    if each:
+        parts[0] += (f" Its notebooks took {total:.0f} minutes in all ({each}), each as papermill timed it in its "
+                     "last run; checkpoints cached by an earlier run are reused, so a rerun takes less.")
     summary = findings(m, profile)
     if summary:
         parts.append("**In numbers**:\n\n" + summary)
@@ -226,6 +228,20 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
                   "TLDR against the whole classifier"
                   + (f"; the class alone (its mean image) gives SSIM {floor.iloc[0]:.3f}." if len(floor) else "."),
                   _markdown(t.reset_index().round(3))]
+    arch = m[m.setting == "architectures"]
+    if len(arch):
+        keys = ["dataset", "train_size", "arch"]
+        acc = arch[(arch.method == "classifier") & (arch.metric == "test_accuracy")]
+        acc = acc.groupby(keys)["value"].apply(_mean_ci).rename("test_accuracy").reset_index()
+        shown = arch[(arch.method != "classifier") & arch.metric.isin(ARCHITECTURES)]
+        t = shown.groupby([*keys, "method", "metric"], sort=False)["value"].apply(_mean_ci).unstack()
+        t = t[[c for c in ARCHITECTURES if c in t.columns]].reset_index().merge(acc, on=keys, how="left")
+        t = t[[*keys, "test_accuracy", "method", *[c for c in ARCHITECTURES if c in t.columns]]].fillna("-")
+        parts += ["**Architectures at matched accuracy** (`10_architectures`; mean ± 95% t-interval over seeds): "
+                  "each classifier's test accuracy beside every attack on it; `nn_ssim_train` is the ease of "
+                  "reconstruction (best SSIM to a training image of the class), `nn_ssim_gap` (train minus held-out) "
+                  "and `membership_auc` the leak of the training set (0 and 0.5: none), `ssim` the private input's "
+                  "SSIM to its reconstruction from the activations after the first or last block.", _markdown(t)]
     util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
         parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
