@@ -83,3 +83,20 @@ def test_compare_finds_a_consistent_difference_and_not_noise():
     assert out["pairs"]["cnn-vit"]["p"] > 0.05  # equal up to noise
     with pytest.raises(ValueError, match="at least 2 blocks"):
         architectures.compare(pd.DataFrame(rows[:3]), "m", ["seed"])
+
+
+def test_answers_name_the_order_and_the_test_for_each_question_measured():
+    rows = []
+    for seed in range(6):
+        for attack in ("tldr", "miface"):
+            for arch, acc in (("cnn", 0.8), ("mlp", 0.6), ("vit", 0.3)):
+                key = {"dataset": "d", "train_size": "1000", "seed": seed, "method": attack, "arch": arch}
+                rows += [{**key, "metric": "evaluator_accuracy", "value": acc + 0.01 * seed},
+                         {**key, "metric": "membership_auc", "value": 0.5 + 0.001 * ((seed + len(arch)) % 3)}]
+    rows.append({"dataset": "d", "train_size": "1000", "seed": 0, "method": "split_optimisation_first",
+                 "arch": "cnn", "metric": "evaluator_accuracy", "value": 0.0})  # not a weight attack: left out
+    said = architectures.answers(pd.DataFrame(rows), ["tldr", "miface"])
+    assert len(said) == 2  # the questions whose metric was measured
+    assert said[0].startswith("most recognisable") and "cnn (0.825) > mlp (0.625) > vit (0.325)" in said[0]
+    assert "the architectures differ (Friedman p = " in said[0] and "over 12 blocks" in said[0]
+    assert said[1].startswith("leak of the training set (membership AUC")

@@ -113,3 +113,30 @@ def compare(frame: pd.DataFrame, metric: str, block: list[str], arch: str = "arc
                              "blocks": len(diff)}
     out["pairs"] = pairs
     return out
+
+
+def describe(result: dict) -> str:
+    """A ``compare`` result in words: the architectures from highest to lowest mean, and whether
+    the Friedman test tells them apart at the 5% level."""
+    means = result["mean"]
+    order = sorted(means, key=means.get, reverse=True)
+    p = result["friedman_p"]
+    verdict = "differ" if p < 0.05 else "do not differ beyond seed noise"
+    pairs = ", ".join(f"{k} p = {v['p']:.2g}" for k, v in result["pairs"].items())
+    return (f"{' > '.join(f'{a} ({means[a]:.3f})' for a in order)}: the architectures {verdict} "
+            f"(Friedman p = {p:.2g} over {result['blocks']} blocks; Wilcoxon {pairs})")
+
+
+QUESTIONS = {"evaluator_accuracy": "most recognisable reconstructions (evaluator accuracy)",
+             "nn_ssim_train": "ease of reconstruction (best SSIM to a training image of the class)",
+             "membership_auc": "leak of the training set (membership AUC, 0.5 = none)",
+             "nn_ssim_gap": "leak of the training set (SSIM gap, train minus held-out)"}
+
+
+def answers(frame: pd.DataFrame, attacks) -> list[str]:
+    """The comparison's answers in words, one per question of ``QUESTIONS``, from tidy rows of
+    notebook 10 (a block: one attack of ``attacks`` on one dataset, size and seed)."""
+    rows = frame[frame.method.isin(attacks)]
+    block = ["dataset", "train_size", "seed", "method"]
+    return [f"{what}: {describe(compare(rows, metric, block))}" for metric, what in QUESTIONS.items()
+            if (rows.metric == metric).any()]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import config, store
+from . import architectures, config, store
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 README, FIGURES = config.ROOT / "README.md", config.ROOT / "figures"  # what a default run publishes
@@ -242,6 +242,16 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
                   "reconstruction (best SSIM to a training image of the class), `nn_ssim_gap` (train minus held-out) "
                   "and `membership_auc` the leak of the training set (0 and 0.5: none), `ssim` the private input's "
                   "SSIM to its reconstruction from the activations after the first or last block.", _markdown(t)]
+        weight = sorted(set(arch.method) - {"classifier", "control_heldout", "control_noise"}
+                        - {m for m in arch.method if m.startswith("split_")})
+        try:
+            said = architectures.answers(arch, weight)
+        except ValueError:  # too few seeds or architectures to test
+            said = []
+        if said:
+            parts.append("The answers, a block being one attack on the classifiers of one dataset, size and seed "
+                         "(the blocks of one seed share their classifiers, so the p-values lean optimistic):\n\n"
+                         + "\n".join(f"- {line}" for line in said))
     util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
         parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
