@@ -92,7 +92,7 @@ def test_answers_name_the_order_and_the_test_for_each_question_measured():
             for arch, acc in (("cnn", 0.8), ("mlp", 0.6), ("vit", 0.3)):
                 key = {"dataset": "d", "train_size": "1000", "seed": seed, "method": attack, "arch": arch}
                 rows += [{**key, "metric": "evaluator_accuracy", "value": acc + 0.01 * seed},
-                         {**key, "metric": "membership_auc", "value": 0.5 + 0.001 * ((seed + len(arch)) % 3)}]
+                         {**key, "metric": "membership_auc", "value": 0.5 + 0.001 * ((seed + len(attack)) % 3)}]
     rows.append({"dataset": "d", "train_size": "1000", "seed": 0, "method": "split_optimisation_first",
                  "arch": "cnn", "metric": "evaluator_accuracy", "value": 0.0})  # not a weight attack: left out
     said = architectures.answers(pd.DataFrame(rows), ["tldr", "miface"])
@@ -100,3 +100,9 @@ def test_answers_name_the_order_and_the_test_for_each_question_measured():
     assert said[0].startswith("most recognisable") and "cnn (0.825) > mlp (0.625) > vit (0.325)" in said[0]
     assert "the architectures differ (Friedman p = " in said[0] and "over 12 blocks" in said[0]
     assert said[1].startswith("leak of the training set (membership AUC")
+
+
+def test_compare_says_no_difference_when_every_block_is_tied():
+    rows = [{"seed": seed, "arch": arch, "metric": "m", "value": 0.5} for seed in range(4) for arch in ("a", "b", "c")]
+    out = architectures.compare(pd.DataFrame(rows), "m", ["seed"])
+    assert out["friedman_p"] == 1.0 and all(pair["p"] == 1.0 for pair in out["pairs"].values())

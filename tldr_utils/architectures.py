@@ -103,8 +103,12 @@ def compare(frame: pd.DataFrame, metric: str, block: list[str], arch: str = "arc
         raise ValueError(f"{metric!r}: need at least 2 blocks measured for at least 2 architectures, got "
                          f"{len(wide)} block(s) for {names}")
     out = {"metric": metric, "blocks": len(wide), "mean": wide.mean().to_dict()}
-    out["friedman_p"] = (float(stats.friedmanchisquare(*[wide[a] for a in names]).pvalue)
-                         if len(names) >= 3 else float("nan"))
+    if len(names) < 3:
+        out["friedman_p"] = float("nan")
+    elif (wide.nunique(axis=1) == 1).all():  # every block tied: no difference to test
+        out["friedman_p"] = 1.0
+    else:
+        out["friedman_p"] = float(stats.friedmanchisquare(*[wide[a] for a in names]).pvalue)
     pairs = {}
     for a, b in itertools.combinations(names, 2):
         diff = (wide[a] - wide[b]).to_numpy()
