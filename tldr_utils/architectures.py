@@ -17,12 +17,12 @@ import itertools
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
 
 from . import store
+from .metrics import wilcoxon_p
 from .models import build_classifier
 from .targets import accuracy, train_classifier
 
@@ -60,7 +60,6 @@ def train_matched(archs, images: torch.Tensor, labels: torch.Tensor, val_images:
     out = {}
     for arch in archs:
         step, acc, state = min(checks[arch], key=lambda c: (abs(c[1] - level), c[0]))
-        torch.manual_seed(seed)
         net = build_classifier(arch, shape, num_classes)
         net.load_state_dict(state)
         out[arch] = (net.eval(), {"arch": arch, "level": level, "step": step, "validation_accuracy": acc,
@@ -94,8 +93,8 @@ def compare(frame: pd.DataFrame, metric: str, block: list[str], arch: str = "arc
     """Do architectures differ in ``metric``? ``frame`` is tidy (one ``value`` per row); rows
     that share the columns ``block`` (e.g. dataset, size, seed, attack) are one block, measured
     once for each architecture. Returns the Friedman test across architectures (blocks with
-    every architecture only), each pair's Wilcoxon signed-rank test on the blocks they share,
-    and the mean of each architecture."""
+    every architecture only), each pair's Wilcoxon signed-rank test on those same blocks, and
+    the mean of each architecture."""
     rows = frame[frame.metric == metric]
     wide = rows.pivot_table(index=block, columns=arch, values="value", aggfunc="mean").dropna()
     names = list(wide.columns)
@@ -112,8 +111,7 @@ def compare(frame: pd.DataFrame, metric: str, block: list[str], arch: str = "arc
     pairs = {}
     for a, b in itertools.combinations(names, 2):
         diff = (wide[a] - wide[b]).to_numpy()
-        p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
-        pairs[f"{a}-{b}"] = {"mean_difference": float(diff.mean()), "p": p, "wins": int((diff > 0).sum()),
+        pairs[f"{a}-{b}"] = {"mean_difference": float(diff.mean()), "p": wilcoxon_p(diff), "wins": int((diff > 0).sum()),
                              "blocks": len(diff)}
     out["pairs"] = pairs
     return out

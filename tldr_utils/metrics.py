@@ -184,6 +184,12 @@ def precision_recall_by_class(real, real_labels, fake, fake_labels, k: int = 3) 
     return float(np.mean([p for p, _ in values])), float(np.mean([r for _, r in values]))
 
 
+def wilcoxon_p(diff: np.ndarray) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test of paired differences ``diff``
+    (1.0 when every difference is zero: nothing to test)."""
+    return float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+
+
 def paired_leakage(recon, recon_labels, train, train_labels, heldout, heldout_labels, seed: int = 0,
                    resamples: int = 1000) -> dict:
     """The evidence a leakage verdict rests on: the *same* reconstructions measured against the
@@ -205,7 +211,7 @@ def paired_leakage(recon, recon_labels, train, train_labels, heldout, heldout_la
     diff = (nearest(recon, recon_labels, train, train_labels, candidates=1)["l2"]
             - nearest(recon, recon_labels, heldout, heldout_labels, candidates=1)["l2"]).double().numpy()
     means = [diff[gen.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)]
-    p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+    p = wilcoxon_p(diff)
     score_train = -nearest(train, train_labels, recon, recon_labels, candidates=1)["l2"].numpy()
     score_held = -nearest(heldout, heldout_labels, recon, recon_labels, candidates=1)["l2"].numpy()
     truth = np.r_[np.ones(len(score_train)), np.zeros(len(score_held))]

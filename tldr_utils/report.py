@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import architectures, config, store
+from . import architectures, attacks, config, store
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 README, FIGURES = config.ROOT / "README.md", config.ROOT / "figures"  # what a default run publishes
@@ -242,10 +242,8 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
                   "reconstruction (best SSIM to a training image of the class), `nn_ssim_gap` (train minus held-out) "
                   "and `membership_auc` the leak of the training set (0 and 0.5: none), `ssim` the private input's "
                   "SSIM to its reconstruction from the activations after the first or last block.", _markdown(t)]
-        weight = sorted(set(arch.method) - {"classifier", "control_heldout", "control_noise"}
-                        - {m for m in arch.method if m.startswith("split_")})
         try:
-            said = architectures.answers(arch, weight)
+            said = architectures.answers(arch, sorted(set(arch.method) & set(attacks.ATTACKS)))
         except ValueError:  # too few seeds or architectures to test
             said = []
         if said:
