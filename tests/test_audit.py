@@ -49,16 +49,16 @@ def test_a_model_the_library_never_saw_is_audited_in_a_few_lines(fashion, lenet,
         # the user's whole audit, once the model is trained:
         report = tldr_utils.audit(lenet, train=train, heldout=heldout, profile="smoke")
         written = report.save(tmp_path / "audit")
-    assert set(report.table.attack) == set(attacks.ATTACKS) | {"control_heldout", "control_noise"}
-    assert not report.failed and set(report.samples) == set(attacks.ATTACKS)
+    assert set(report.table.attack) == set(attacks.for_classes(10)) | {"control_heldout", "control_noise"}
+    assert not report.failed and set(report.samples) == set(attacks.for_classes(10))
     for name in ("inversion", "tldr", "deepinversion", "bn_classwise"):  # every attack with a batch-norm prior
         assert report.value(name, "skipped_bn") == 1.0 and "Skipped on this model: bn" in report.verdict
     for name, (images, labels) in report.samples.items():
         assert images.shape == (40, 1, 28, 28) and torch.equal(labels, torch.arange(10).repeat_interleave(4))
     print(report.verdict)
     starts = [line.split(":")[0] for line in report.verdict.splitlines()]
-    assert starts == list(attacks.ATTACKS) + ["control_heldout (real images the model never saw, in place of reconstructions)"]
-    assert {p.name for p in written} >= {"audit.csv", "verdict.txt"} | {f"{n}.png" for n in attacks.ATTACKS}
+    assert starts == attacks.for_classes(10) + ["control_heldout (real images the model never saw, in place of reconstructions)"]
+    assert {p.name for p in written} >= {"audit.csv", "verdict.txt"} | {f"{n}.png" for n in attacks.for_classes(10)}
     auc = report.table.query("attack == 'control_heldout' and metric == 'membership_auc'").iloc[0]
     assert auc["lo"] <= auc["value"] <= auc["hi"]
     # real held-out images are recognised and realistic; noise is neither
@@ -70,7 +70,10 @@ def test_settings_are_checked_before_any_work(lenet):
         attacks.reconstruct("miface", lenet, (1, 28, 28), 10, 2, {"stepz": 3})
     with pytest.raises(ValueError, match=r"steps must be a whole number >= 1; got 0 \(attack 'deepinversion'\)"):
         attacks.reconstruct("deepinversion", lenet, (1, 28, 28), 10, 2, {"steps": 0})
-    with pytest.raises(ValueError, match="unknown attack 'kkt'; choose one of inversion, tldr, deepinversion"):
+    with pytest.raises(ValueError, match="unknown attack 'haim'; choose one of inversion, tldr, deepinversion"):
+        attacks.reconstruct("haim", lenet, (1, 28, 28), 10, 2)
+    with pytest.raises(ValueError, match="'kkt' applies only to classifiers of 2 classes, got num_classes=10; "
+                                         "attacks for 10 classes: inversion, tldr, deepinversion, bn_classwise, miface"):
         attacks.reconstruct("kkt", lenet, (1, 28, 28), 10, 2)
     with pytest.raises(ValueError, match="feature_layer 'penultimate' is not a layer of the model; its layers: conv"):
         attacks.reconstruct("inversion", lenet, (1, 28, 28), 10, 2, feature_layer="penultimate")

@@ -158,3 +158,22 @@ def test_architectures_table_puts_the_matched_accuracy_beside_every_attack():
     assert "| dataset | train_size | arch | test_accuracy | method | membership_auc | ssim |" in text
     assert "| fashion_mnist | 1000 | cnn | 0.810 ± 0.000 | tldr | 0.500 ± 0.000 | - |" in text
     assert "| fashion_mnist | 1000 | mlp | 0.800 ± 0.000 | split_optimisation_first | - | 0.900 ± 0.000 |" in text
+
+
+def test_leakage_regime_tables_say_for_every_attack_and_size_whether_it_lies_outside_the_band():
+    from tldr_utils import regime
+
+    bands = pd.DataFrame([{"dataset": "fashion_mnist", "arch": "mlp", "regime": "plain", "per_class": n,
+                           "attack": "miface", "metric": m, "value": v, "null_lo": 0.4, "null_hi": 0.6, "seeds": 3,
+                           "outside": v > 0.6}
+                          for n, v in ((1, 0.8), (10, 0.5)) for m in regime.METRICS])
+    control = pd.DataFrame([{"dataset": "mnist", "arch": "homogeneous_mlp", "per_class": 10, "attack": "kkt",
+                             "metric": m, "value": 0.9, "null_lo": 0.3, "null_hi": 0.7, "seeds": 1, "outside": True}
+                            for m in regime.METRICS])
+    rows = regime.metric_rows(bands, "leakage_regime", 10) + regime.metric_rows(control, "leakage_control", 2)
+    rows.append({"dataset": "mnist", "arch": "homogeneous_mlp", "method": "kkt", "train_size": 20, "seed": 0,
+                 "setting": "leakage_control", "metric": "recovered", "value": 0.15})
+    text = report.tables(pd.DataFrame(rows).astype({"train_size": str}), "cpu")
+    assert "recovered 15% of them" in text and "membership_auc 0.900 (0.300 to 0.700) **outside**" in text
+    assert "| fashion_mnist | mlp | plain | miface | 0.800 (0.400 to 0.600) **outside** | 0.500 (0.400 to 0.600) inside |" in text
+    assert "n=10 | n=100" in text

@@ -114,7 +114,7 @@ def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = c
 
     ``train`` and ``heldout`` are pairs (images N x C x H x W in [0, 1], integer labels):
     the images the model was trained on, and images of the same classes it never saw.
-    ``attacks`` (default: every registered attack) names the attacks; ``profile``
+    ``attacks`` (default: every registered attack that applies to this many classes) names the attacks; ``profile``
     sets their scale (``smoke`` for a quick look, ``cpu`` for real numbers): its ``audit``
     section (changed by ``overrides``) gives the images per class, the generators' steps,
     the evaluator's steps and the bootstrap resamples, and ``settings``
@@ -125,7 +125,9 @@ def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = c
     """
     x_train, y_train = _check_images("train", train)
     x_held, y_held = _check_images("heldout", heldout)
-    names = list(attacks) if attacks is not None else list(registry.ATTACKS)
+    shape = tuple(x_train.shape[1:])
+    num_classes = int(torch.cat([y_train, y_held]).max()) + 1
+    names = list(attacks) if attacks is not None else registry.for_classes(num_classes)
     for name in names:
         registry.get(name)
     unknown = sorted(set(settings or {}) - set(names))
@@ -139,7 +141,6 @@ def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = c
         steps = {"steps": cfg.generator_steps} if n in config.GENERATOR_SECTIONS else {}
         resolved[n] = config.attack_settings(profile, n, {**steps, **(settings or {}).get(n, {})})
     device = torch.device(device or config.device(cfg))
-    shape, num_classes = tuple(x_train.shape[1:]), int(torch.cat([y_train, y_held]).max()) + 1
     counts = torch.bincount(y_held, minlength=num_classes)
     half = int(counts.min()) // 2
     if half < 4:

@@ -170,6 +170,26 @@ def _sizes_ok(v) -> bool:
     return _SIZES[0](v)
 
 
+def _regimes():
+    from .regime import REGIMES
+
+    return list(REGIMES)
+
+
+_CONTROL = {"dataset": _choice(_datasets), "per_class": _whole(1), "init_scale": _real(0, low_open=True),
+            "weight_decay": _real(0), "train_steps": _whole(1), "train_lr": _real(0, low_open=True),
+            "candidates": _whole(1), "heldout_per_class": _whole(1),
+            "classes": ((lambda v: isinstance(v, list) and len(v) == 2 and v[0] != v[1]
+                         and all(_whole(0)[0](c) for c in v)), "two different class numbers"),
+            "hidden": _list_of(_whole(1)),
+            "seeds": ((lambda v: _list_of(_whole(0))[0](v) and len(set(v)) >= 2),
+                      "a list of at least two different seeds (the others train the cross-target controls)")}
+
+
+def _control_ok(v) -> bool:
+    return isinstance(v, dict) and set(v) == set(_CONTROL) and all(_CONTROL[k][0](x) for k, x in v.items())
+
+
 RULES = {
     "datasets": _list_of(_choice(_datasets)), "seed": _whole(0), "device": (_device_ok, '"auto", "cpu", "cuda" or "cuda:N"'),
     "archs": _list_of(_choice(_archs)), "compare_archs": _list_of(_choice(_archs), empty_ok=True),
@@ -194,7 +214,8 @@ RULES = {
                           "a dict from dataset name to an accuracy between 0 and 1"),
     # the attacks section: each optimisation attack's settings, checked by the attack itself
     **{name: (functools.partial(_attack_settings_ok, name), f"a dict of {name} settings (tldr_utils.attacks)")
-       for name in ("deepinversion", "miface", "bn_classwise", "split_optimisation", "split_decoder", "split_datafree")},
+       for name in ("deepinversion", "miface", "bn_classwise", "split_optimisation", "split_decoder", "split_datafree",
+                 "kkt")},
     "per_class": _whole(4), "evaluator_steps": _whole(1), "resamples": _whole(100),
     "dataset": _choice(_datasets), "model_steps": _whole(1), "shift_dataset": _choice(_datasets),
     "victims_per_class": _whole(1), "aux_size": _whole(2), "strip": _whole(1), "depth": _whole(1),
@@ -203,6 +224,10 @@ RULES = {
     "perceptual_weight": _real(0), "adversary_steps": _whole(1), "attack_steps": _whole(1), "tldr_steps": _whole(1),
     "check_every": _whole(1), "validation_size": _whole(10), "split_steps": _whole(1),
     "weight_attacks": _list_of(_choice(_weight_attacks)),
+    "regimes": _list_of(_choice(_regimes)), "images_per_class": _list_of(_whole(1)), "recon_per_class": _whole(1),
+    "draws": _whole(1),
+    "control": (_control_ok, lambda: "a dict of the positive control's settings, exactly the keys "
+                                     f"{', '.join(_CONTROL)}, each valid"),
 }
 
 

@@ -65,6 +65,29 @@ def nearest(query: torch.Tensor, query_labels, ref: torch.Tensor, ref_labels, ca
     return {"l2": l2, "psnr": psnr, "ssim": best_ssim, "index": index}
 
 
+def recovery(recon, recon_labels, train, train_labels, heldout, heldout_labels, threshold: float = 0.6,
+             margin: float = 0.1) -> pd.DataFrame:
+    """Which training images an attack truly recovered, one row per training image: ``ssim``, that of
+    its most similar reconstruction of its class (``reconstruction``, its index); ``ssim_heldout``,
+    that reconstruction's SSIM to its most similar held-out image of the class (``heldout``, its
+    index); ``recovered``: ``ssim`` at least ``threshold`` and the held-out image at least ``margin``
+    less similar, so the reconstruction is this training image, not just one of its class."""
+    rows = []
+    for i in range(len(train)):
+        same = (recon_labels == train_labels[i]).nonzero().flatten()
+        if len(same) == 0:
+            raise ValueError(f"class {int(train_labels[i])} has training images but no reconstructions")
+        s = ssim_pairs(recon[same], train[i:i + 1].expand(len(same), *train.shape[1:]))
+        j = int(same[s.argmax()])
+        pool = (heldout_labels == train_labels[i]).nonzero().flatten()
+        h = ssim_pairs(heldout[pool], recon[j:j + 1].expand(len(pool), *recon.shape[1:]))
+        rows.append({"ssim": s.max().item(), "reconstruction": j, "ssim_heldout": h.max().item(),
+                     "heldout": int(pool[h.argmax()])})
+    out = pd.DataFrame(rows)
+    out["recovered"] = (out.ssim >= threshold) & (out.ssim_heldout <= out.ssim - margin)
+    return out
+
+
 def equal_per_class(labels: torch.Tensor, like: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Indices into ``labels`` with as many images of each class as ``like`` has."""
     gen = torch.Generator().manual_seed(seed)

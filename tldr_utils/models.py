@@ -80,6 +80,35 @@ class ViT(Classifier):
         return self.norm(self.encoder(t)[:, 0])
 
 
+class HomogeneousMLP(Classifier):
+    """A bias-free ReLU MLP for two classes, homogeneous in its weights: the positive control's
+    model (``attacks.kkt``). Its one output is the margin Phi; the logits are (-Phi/2, Phi/2), so
+    cross-entropy on them is the logistic loss of Phi and the margin is their difference. Inputs
+    are centred on the buffer ``centre`` (mid-grey until ``targets.train_to_margin`` sets it to the
+    training images' mean, as Haim et al. centre their data). ``init_scale`` shrinks the default
+    initialisation (they train from a small one)."""
+
+    def __init__(self, in_shape: tuple[int, int, int], hidden=(1000, 1000), init_scale: float = 1.0):
+        super().__init__()
+        layers, width = [nn.Flatten()], in_shape[0] * in_shape[1] * in_shape[2]
+        for h in hidden:
+            layers += [nn.Linear(width, h, bias=False), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.margin = nn.Linear(width, 1, bias=False)
+        self.register_buffer("centre", torch.full((1, *in_shape), 0.5))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.mul_(init_scale)
+
+    def features(self, x):
+        return self.body(x - self.centre)
+
+    def head(self, features):
+        phi = self.margin(features)
+        return torch.cat([-phi / 2, phi / 2], 1)
+
+
 class _Scaled(nn.Module):
     """The classifiers' own first step, x in [0, 1] to [-1, 1], then ``inner``."""
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import architectures, attacks, config, store
+from . import architectures, attacks, config, regime, store
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 README, FIGURES = config.ROOT / "README.md", config.ROOT / "figures"  # what a default run publishes
@@ -250,11 +250,55 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
             parts.append("The answers, a block being one attack on the classifiers of one dataset, size and seed "
                          "(the blocks of one seed share their classifiers, so the p-values lean optimistic):\n\n"
                          + "\n".join(f"- {line}" for line in said))
+    memorised = m[m.setting.str.startswith("leakage_regime_") | (m.setting == "leakage_control")]
+    if len(memorised):
+        parts += _regime(memorised)
     util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
         parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
                   _markdown(util[["dataset", "method", "train_size", "value"]].round(3))]
     return "\n\n".join(parts)
+
+
+def _regime(m: pd.DataFrame) -> list[str]:
+    """The tables of ``11_leakage_regime``: each number beside its null band, and whether it lies outside."""
+    def cells(part: pd.DataFrame, metric: str) -> pd.Series:
+        v = part.pivot_table(index=[c for c in part.columns if c not in ("metric", "value")], columns="metric",
+                             values="value")
+        said = [f"{a:.3f} ({lo:.3f} to {hi:.3f}) {'**outside**' if out else 'inside'}"
+                for a, lo, hi, out in zip(v[metric], v[f"{metric}_null_lo"], v[f"{metric}_null_hi"],
+                                          v[f"{metric}_outside"])]
+        return pd.Series(said, index=v.index)
+
+    keys = ["dataset", "arch", "setting", "method", "train_size"]
+    m = m[keys + ["metric", "value"]].assign(train_size=lambda f: f.train_size.astype(float).astype(int))
+    out = []
+    control = m[m.setting == "leakage_control"]
+    if len(control):
+        got = control.set_index("metric").value
+        text = [f"**The positive control** (`11_leakage_regime`): `kkt` on a bias-free MLP trained on "
+                f"{control.train_size.iloc[0]} {control.dataset.iloc[0]} images of two classes recovered "
+                f"{got.get('recovered', float('nan')):.0%} of them (SSIM at least 0.6 and at least 0.1 above the most "
+                "similar held-out image)"]
+        for metric in regime.METRICS:
+            if f"{metric}_outside" in got:
+                text.append(f"{metric} {cells(control[~control.metric.isin(['recovered', 'ssim_at_least_0.6'])], metric).iloc[0]}")
+        out.append("; ".join(text) + ".")
+    sweep = m[m.setting.str.startswith("leakage_regime_")].assign(regime=lambda f: f.setting.str.removeprefix("leakage_regime_"))
+    if len(sweep):
+        out.append("**Where leakage begins** (`11_leakage_regime`): targets trained to memorise `train_size` images "
+                   "(all ten classes), every attack's mean over seeds, then its null band (held-out images and "
+                   "reconstructions from targets trained on other images in place of the reconstructions), and "
+                   "whether it lies outside that band for every seed.")
+        for metric in regime.METRICS:
+            part = sweep[["dataset", "arch", "regime", "method", "train_size", "metric", "value"]]
+            part = part[part.metric.str.startswith(metric)]
+            if part.empty:
+                continue
+            t = cells(part, metric).unstack("train_size")
+            t.columns = [f"n={c}" for c in t.columns]
+            out += [f"`{metric}`:", _markdown(t.reset_index())]
+    return out
 
 
 def update_readme(profile: str, readme: Path | None = None) -> None:

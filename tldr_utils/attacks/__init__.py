@@ -17,7 +17,8 @@ without batch norm, is skipped with a warning naming it. Settings are checked
 
 Registered: ``inversion`` and ``tldr`` (one conditioned generator, the paper's
 methods), ``deepinversion`` (Yin et al. 2020), ``miface`` (Fredrikson et al.
-2015) and ``bn_classwise`` (Soufleri et al. 2022). Profiles are not read here:
+2015), ``bn_classwise`` (Soufleri et al. 2022) and, for two-class homogeneous networks only,
+``kkt`` (Haim et al. 2022, the positive control; ``for_classes`` lists what applies). Profiles are not read here:
 ``config.attack_settings`` turns a profile into an attack's settings at the edge.
 """
 
@@ -61,6 +62,7 @@ class Attack:
     needs: tuple = ()  # what the attack takes beyond the model: "class_stats" for bn_classwise, "aux" for split_decoder
     version: int = 1  # part of every cached result's key: bump when the attack's algorithm changes
     kind: str = "weights"  # "weights": class images from a classifier; "features": inputs from their activations
+    classes: int | None = None  # the only number of classes its theory covers (kkt: 2); None: any
 
 
 @dataclass
@@ -91,18 +93,25 @@ FEATURE_ATTACKS: dict[str, Attack] = {}  # activations of private inputs in, tho
 
 
 def register(name: str, defaults: dict, rules: dict, about: str, needs: tuple = (), version: int = 1,
-             kind: str = "weights"):
+             kind: str = "weights", classes: int | None = None):
     """Decorator: ``fn(problem, settings, seed) -> (images, labels, steps, extra)`` becomes attack ``name``
-    of ``kind``; each of its settings takes its rule from the table ``rules``."""
+    of ``kind``, for classifiers of ``classes`` classes only when given; each of its settings takes its
+    rule from the table ``rules``."""
     missing = sorted(set(defaults) - set(rules))
     if missing:
         raise ValueError(f"attack {name!r}: settings {missing} have no rule")
 
     def wrap(fn):
         registry = FEATURE_ATTACKS if kind == "features" else ATTACKS
-        registry[name] = Attack(name, fn, defaults, {k: rules[k] for k in defaults}, about, needs, version, kind)
+        registry[name] = Attack(name, fn, defaults, {k: rules[k] for k in defaults}, about, needs, version, kind,
+                                classes)
         return fn
     return wrap
+
+
+def for_classes(num_classes: int) -> list[str]:
+    """The weight attacks that apply to a classifier of ``num_classes`` classes, in registration order."""
+    return [n for n, a in ATTACKS.items() if a.classes in (None, num_classes)]
 
 
 def get(name: str) -> Attack:
@@ -156,6 +165,10 @@ def reconstruct(name: str, model: nn.Module, image_shape, num_classes: int, per_
         raise ValueError(f"num_classes must be a whole number >= 2, got {num_classes!r}")
     if not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class must be a whole number >= 1, got {per_class!r}")
+    if attack.classes not in (None, num_classes):
+        raise ValueError(f"attack {name!r} applies only to classifiers of {attack.classes} classes, got "
+                         f"num_classes={num_classes}; attacks for {num_classes} classes: "
+                         f"{', '.join(for_classes(num_classes))}")
     if "class_stats" in attack.needs and class_stats is None:
         raise ValueError(f"attack {name!r} needs class_stats, the per-class batch-norm statistics that the data "
                          "owner records: attacks.optimisation.class_statistics(model, images, labels)")
@@ -268,4 +281,4 @@ def frozen(model: nn.Module):
             m.training = flag
 
 
-from . import generator, optimisation, split  # noqa: E402,F401  (each module registers its attacks)
+from . import generator, kkt, optimisation, split  # noqa: E402,F401  (each module registers its attacks)

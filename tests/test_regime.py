@@ -1,0 +1,48 @@
+import pandas as pd
+import pytest
+import torch
+
+from tldr_utils import regime
+
+
+def test_the_seeds_training_sets_are_disjoint_and_balanced():
+    labels = torch.arange(10).repeat(30)
+    sets = regime.disjoint_sets(labels, 3, [0, 1, 2])
+    seen = torch.cat(list(sets.values()))
+    assert len(seen) == len(set(seen.tolist())) == 90
+    for idx in sets.values():
+        assert torch.equal(torch.bincount(labels[idx], minlength=10), torch.full((10,), 3))
+
+
+def _frame(attack, nulls):
+    """A long table of one cell: per seed, the attack's value and its stand-ins' values."""
+    rows = []
+    for seed, (a, ns) in enumerate(zip(attack, nulls)):
+        rows.append({"dataset": "mnist", "arch": "mlp", "regime": "plain", "per_class": 1, "attack": "miface", "metric": "membership_auc", "seed": seed,
+                     "source": "attack", "draw": 0, "value": a})
+        rows += [{"dataset": "mnist", "arch": "mlp", "regime": "plain", "per_class": 1, "attack": "miface", "metric": "membership_auc", "seed": seed,
+                  "source": "heldout", "draw": d, "value": v} for d, v in enumerate(ns)]
+    return pd.DataFrame(rows)
+
+
+def test_an_attack_is_outside_the_band_only_when_every_seed_beats_its_own_stand_ins():
+    inside = regime.band(_frame([0.9, 0.9, 0.55], [[0.5, 0.6]] * 3)).iloc[0]
+    assert not inside.outside and inside.value == pytest.approx(0.7833, abs=1e-3)
+    assert (inside.null_lo, inside.null_hi) == (0.5, 0.6)
+    # a seed's own band counts: 0.7 beats its seed's 0.65 though another seed's stand-in reached 0.8
+    outside = regime.band(_frame([0.9, 0.7, 0.85], [[0.5, 0.8], [0.6, 0.65], [0.5, 0.6]])).iloc[0]
+    assert outside.outside and outside.null_hi == 0.8
+    lines = regime.answers(regime.band(_frame([0.9, 0.7, 0.85], [[0.5, 0.8], [0.6, 0.65], [0.5, 0.6]])))
+    assert "miface membership_auc 0.817" in lines[0] and "up to 1 images per class" in lines[-1]
+    assert "inside the null band" in regime.answers(regime.band(_frame([0.5] * 3, [[0.5, 0.6]] * 3)))[0]
+
+
+def test_a_target_memorises_its_images_and_is_cached(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(10, 1, 8, 8, generator=g), torch.arange(10)
+    net, meta = regime.get_target(tmp_path, "mlp", "plain", x, y, steps=60, batch_size=64, lr=0.01, seed=0)
+    assert meta["train_accuracy"] == 1.0 and meta["images"] == 10
+    again, meta2 = regime.get_target(tmp_path, "mlp", "plain", x, y, steps=60, batch_size=64, lr=0.01, seed=0)
+    assert torch.equal(net(x), again(x)) and meta2["train_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="unknown regime 'dropout'; choose one of plain, weight_decay, augment"):
+        regime.get_target(tmp_path, "mlp", "dropout", x, y, steps=1, batch_size=4, lr=0.01, seed=0)

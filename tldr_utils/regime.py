@@ -1,0 +1,142 @@
+"""Where leakage begins (notebook 11): targets memorising a few images per class, every weight
+attack against each, and the null band each number is read against.
+
+A leakage number means something only beside what chance gives at the same size. For every
+target, the same metrics are computed with two stand-ins for the reconstructions:
+
+- ``heldout``: real images the target never saw, a fresh draw each time (``draws`` of them);
+- ``cross``: the same attack's reconstructions from a target of the same kind trained on
+  *other* images (the other seeds' targets: the seeds' training sets are disjoint).
+
+The null band of a cell (dataset, architecture, regime, size, attack) spans every stand-in's
+value over its seeds; an attack's number lies outside it when, for every seed, it beats the
+most extreme stand-in of that seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data, metrics, store
+from .models import build_classifier
+from .targets import accuracy, train_classifier
+
+# how each kind of target is trained, beyond the common settings
+REGIMES = {"plain": {"weight_decay": 0.0, "shift": 0},
+           "weight_decay": {"weight_decay": 0.05, "shift": 0},
+           "augment": {"weight_decay": 0.0, "shift": 2}}
+# the leakage metrics read against the band, and the side on which leakage lies
+METRICS = {"membership_auc": "above", "identifiability": "above", "nn_ssim_gap": "above"}
+
+
+def disjoint_sets(labels: torch.Tensor, per_class: int, seeds) -> dict:
+    """``{seed: indices}``: ``per_class`` images of every class for each seed, no image in two seeds'
+    sets, so that each seed's targets are trained on other images than the rest."""
+    taken, out = torch.empty(0, dtype=torch.long), {}
+    for seed in seeds:
+        out[seed] = data.heldout_indices(labels, per_class, seed, exclude=taken)
+        taken = torch.cat([taken, out[seed]])
+    return out
+
+
+def get_target(folder, arch: str, regime: str, images: torch.Tensor, labels: torch.Tensor, *, steps: int,
+               batch_size: int, lr: float, seed: int, num_classes: int = 10, device="cpu"):
+    """A classifier of ``arch`` trained in ``regime`` (``REGIMES``) on ``images`` for ``steps``
+    minibatches of at most ``batch_size``, cached in ``folder``. Returns ``(net, meta)``; meta holds
+    its training accuracy, which these targets should bring to 1 (they are meant to memorise)."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
+    spec = {"arch": arch, "regime": regime, **REGIMES[regime], "steps": steps, "batch_size": batch_size, "lr": lr,
+            "seed": seed, "data": store.tensor_hash(images, labels)}
+    path = Path(folder) / f"{arch}_{regime}_n{len(images)}_s{seed}_{store.config_hash(spec)}.safetensors"
+    torch.manual_seed(seed)
+    net = build_classifier(arch, tuple(images.shape[1:]), num_classes)
+    with store.exclusive(path.with_suffix(".lock")):
+        if path.exists():
+            return net.eval(), store.load_model(path, net)
+        train_classifier(net, images, labels, steps, min(batch_size, len(images)), lr, seed, device,
+                         desc=f"{arch}/{regime}/n={len(images)}", shift=REGIMES[regime]["shift"],
+                         weight_decay=REGIMES[regime]["weight_decay"])
+        meta = spec | {"train_accuracy": accuracy(net, images, labels, device), "images": len(images)}
+        store.save_model(path, net.cpu(), meta)
+    return net.eval(), meta
+
+
+def leakage(recon, recon_labels, train, reference, seed: int = 0) -> dict:
+    """The metrics of ``METRICS`` for reconstructions (or a stand-in) against the target's
+    ``train`` images and the held-out ``reference`` (pairs of images and labels, the same number
+    of each class)."""
+    report = metrics.leakage_report(recon, recon_labels, *train, *reference, seed=seed)
+    return {m: report[m] for m in METRICS}
+
+
+def band(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell and metric of ``results`` (columns: the cell's keys, ``seed``, ``source``
+    of ``attack``/``heldout``/``cross``, ``metric``, ``value``): the attack's mean over seeds, the
+    null band (lowest and highest stand-in over the seeds) and ``outside``: the attack beats the
+    most extreme stand-in of its own seed, in the metric's direction, for every seed."""
+    keys = [k for k in results.columns if k not in ("seed", "source", "draw", "value")]
+    rows = []
+    for cell, part in results.groupby(keys, sort=False):
+        own = part[part.source == "attack"].set_index("seed").value
+        null = part[part.source != "attack"]
+        if own.empty or null.empty:
+            continue
+        side = METRICS.get(dict(zip(keys, cell))["metric"], "above")
+        edge = null.groupby("seed").value.max() if side == "above" else null.groupby("seed").value.min()
+        beats = own > edge.reindex(own.index) if side == "above" else own < edge.reindex(own.index)
+        rows.append({**dict(zip(keys, cell)), "value": own.mean(), "null_lo": null.value.min(),
+                     "null_hi": null.value.max(), "seeds": len(own), "outside": bool(beats.all())})
+    return pd.DataFrame(rows)
+
+
+def answers(bands: pd.DataFrame, control: pd.DataFrame | None = None, recovered: pd.DataFrame | None = None) -> list[str]:
+    """The notebook's answer in words, from ``band``'s tables of the sweep and of the positive
+    control and from the control's ``metrics.recovery`` table."""
+    def said(row) -> str:
+        return f"{row.metric} {row.value:.3f} (null {row.null_lo:.3f} to {row.null_hi:.3f})"
+
+    lines = []
+    if recovered is not None and control is not None:
+        share = recovered.recovered.mean()
+        fired = control[control.outside]
+        lines.append(f"Positive control: kkt recovered {int(recovered.recovered.sum())} of {len(recovered)} training "
+                     f"images ({share:.0%}). Outside the null band: "
+                     f"{'; '.join(said(r) for r in fired.itertuples()) or 'no metric'}. Inside: "
+                     f"{'; '.join(said(r) for r in control[~control.outside].itertuples()) or 'no metric'}.")
+    first = None
+    for cell, part in bands.groupby(["dataset", "arch", "regime"], sort=False):
+        for n, at in part.groupby("per_class"):
+            out = at[at.outside]
+            where = f"{', '.join(map(str, cell))}, {n} per class"
+            if out.empty:
+                lines.append(f"{where}: every attack inside the null band on every metric.")
+            else:
+                first = n if first is None else max(first, n)
+                lines.append(f"{where}: outside the null band: "
+                             + "; ".join(f"{r.attack} {said(r)}" for r in out.itertuples()) + ".")
+    if first is None:
+        lines.append("No attack on the ten-class targets lies outside its null band at any size swept: the metrics "
+                     "that fire for the positive control find no leakage here, even from targets that memorised "
+                     "one image per class.")
+    else:
+        lines.append(f"Some attack lies outside its null band at up to {first} images per class.")
+    return lines
+
+
+def metric_rows(bands: pd.DataFrame, setting: str, num_classes: int) -> list[dict]:
+    """``band``'s table as rows of the project's ``metrics.csv`` (``store.record_metrics``): for each
+    cell, the attack's mean, the band's ends and whether it lies outside (1 or 0), under
+    ``setting``; ``train_size`` counts the training images of all ``num_classes`` classes."""
+    rows = []
+    for r in bands.itertuples():
+        key = {"dataset": r.dataset, "arch": r.arch, "method": r.attack, "train_size": r.per_class * num_classes,
+               "seed": "", "setting": f"{setting}_{r.regime}" if hasattr(r, "regime") else setting}
+        rows += [{**key, "metric": r.metric, "value": r.value},
+                 {**key, "metric": f"{r.metric}_null_lo", "value": r.null_lo},
+                 {**key, "metric": f"{r.metric}_null_hi", "value": r.null_hi},
+                 {**key, "metric": f"{r.metric}_outside", "value": float(r.outside)}]
+    return rows
