@@ -46,3 +46,16 @@ def test_a_target_memorises_its_images_and_is_cached(tmp_path):
     assert torch.equal(net(x), again(x)) and meta2["train_accuracy"] == 1.0
     with pytest.raises(ValueError, match="unknown regime 'dropout'; choose one of plain, weight_decay, augment"):
         regime.get_target(tmp_path, "mlp", "dropout", x, y, steps=1, batch_size=4, lr=0.01, seed=0)
+
+
+def test_the_control_network_is_cached_under_its_data(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 1, 8, 8, generator=g), torch.tensor([0, 0, 1, 1])
+    settings = {"hidden": [16], "init_scale": 0.1, "weight_decay": 0.01, "steps": 200, "lr": 0.5, "seed": 0}
+    net, meta = regime.get_control(tmp_path, x, y, **settings)
+    assert meta["train_accuracy"] == 1.0 and torch.allclose(net.centre, x.mean(0, keepdim=True))
+    again, _ = regime.get_control(tmp_path, x, y, **settings)
+    assert torch.equal(net(x), again(x)) and torch.equal(again.centre, net.centre)
+    other, _ = regime.get_control(tmp_path, x.flip(-1), y, **settings)  # other images: trained anew
+    assert len(list(tmp_path.glob("control_*.safetensors"))) == 2 and not torch.equal(other(x), net(x))
+

@@ -38,9 +38,9 @@ from . import Problem, register
 from .optimisation import _WEIGHT
 
 KKT = {"steps": 5000, "lr": 0.003, "lambda_min": 0.01, "init_scale": 0.001, "range": 1.0}
-RULES = {"steps": config.RULES["steps"], "lr": config.RULES["lr"],
-         "lambda_min": (lambda v: _WEIGHT[0](v) and v > 0, "a number > 0"),
-         "init_scale": (lambda v: _WEIGHT[0](v) and v > 0, "a number > 0"), "range": _WEIGHT}
+_POSITIVE = config._real(0, low_open=True)
+RULES = {"steps": config.RULES["steps"], "lr": _POSITIVE, "lambda_min": _POSITIVE, "init_scale": _POSITIVE,
+         "range": _WEIGHT}
 
 
 def margin(net, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
