@@ -59,3 +59,14 @@ def test_the_control_network_is_cached_under_its_data(tmp_path):
     other, _ = regime.get_control(tmp_path, x.flip(-1), y, **settings)  # other images: trained anew
     assert len(list(tmp_path.glob("control_*.safetensors"))) == 2 and not torch.equal(other(x), net(x))
 
+
+def test_recording_the_bands_again_replaces_their_rows(tmp_path):
+    from tldr_utils import store
+
+    bands = pd.DataFrame([{"dataset": "fashion_mnist", "arch": "mlp", "regime": "plain", "per_class": 1,
+                           "attack": "miface", "metric": "membership_auc", "value": 0.8, "null_lo": 0.4,
+                           "null_hi": 0.6, "seeds": 3, "outside": True}])
+    for _ in range(2):  # the second time reads the first back from the CSV
+        table = store.record_metrics(tmp_path / "metrics.csv", regime.metric_rows(bands, "leakage_regime", 10))
+    assert len(table) == 4 and set(table.metric) == {"membership_auc", "membership_auc_null_lo",
+                                                     "membership_auc_null_hi", "membership_auc_outside"}

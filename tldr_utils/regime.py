@@ -157,7 +157,7 @@ def metric_rows(bands: pd.DataFrame, setting: str, num_classes: int) -> list[dic
     rows = []
     for r in bands.itertuples():
         key = {"dataset": r.dataset, "arch": r.arch, "method": r.attack, "train_size": r.per_class * num_classes,
-               "seed": "", "setting": f"{setting}_{r.regime}" if hasattr(r, "regime") else setting}
+               "seed": None, "setting": f"{setting}_{r.regime}" if hasattr(r, "regime") else setting}
         rows += [{**key, "metric": r.metric, "value": r.value},
                  {**key, "metric": f"{r.metric}_null_lo", "value": r.null_lo},
                  {**key, "metric": f"{r.metric}_null_hi", "value": r.null_hi},
