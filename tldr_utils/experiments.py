@@ -10,10 +10,11 @@ runs the attack through ``attacks.reconstruct`` (cached in
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 
-from . import attacks, config, data, metrics, store, targets
+from . import attacks, config, data, metrics, store, sweep, targets
 
 
 def settings(profile: str, method: str, overrides: dict | None = None) -> config.Settings:
@@ -122,3 +123,82 @@ def samples_path(profile: str, method: str, dataset: str, cfg: dict, trained_tar
         return folder / f"{method}_{dataset}.safetensors"
     variant = store.config_hash({**cfg, "trained_target": trained_target})
     return folder / "variants" / f"{method}_{dataset}_{variant}.safetensors"
+
+
+# ----------------------------------------------------------------- the leakage sweep's cells (notebook 04)
+def reference_sets(dataset: str, train_size: int | None, seed: int, heldout_per_class: int) -> dict:
+    """What a target's reconstructions are compared with: its training images (``train``), a held-out set
+    of ``heldout_per_class`` test images of each class that no target saw (``heldout``), and a second,
+    disjoint held-out set (``fresh``) that stands in for reconstructions in the held-out control.
+    Each is a pair (images, labels)."""
+    train, test = data.load_dataset(dataset, "train"), data.load_dataset(dataset, "test")
+    idx = targets.training_indices(train, train_size, seed)
+    held = data.heldout_indices(test.labels, heldout_per_class, seed)
+    fresh = data.heldout_indices(test.labels, heldout_per_class, seed + 1000, exclude=held)
+    return {"train": (train.float()[idx], train.labels[idx]), "heldout": (test.float()[held], test.labels[held]),
+            "fresh": (test.float()[fresh], test.labels[fresh])}
+
+
+def leakage_rows(images, labels, refs: dict, judge, key: dict, seed: int) -> list[dict]:
+    """``metrics.leakage_report`` of ``images`` against ``refs`` (``reference_sets``) as tidy rows under ``key``."""
+    r = metrics.leakage_report(images, labels, *refs["train"], *refs["heldout"], evaluator=judge, seed=seed)
+    return [{**key, "metric": m, "value": v} for m, v in r.items()]
+
+
+def _key(target: dict, method: str, train_size, seed: int, setting: str) -> dict:
+    return {"dataset": target["dataset"], "arch": target["arch"], "method": method,
+            "train_size": targets.size_label(train_size), "seed": seed, "setting": setting}
+
+
+def leakage_cell(folder, method: str, target: dict, judge: dict, settings: dict, per_class: int,
+                 heldout_per_class: int, label: str | None = None, scored_at=None, keep: bool = False,
+                 setting: str = "sweep") -> sweep.Result:
+    """A sweep cell: run generator attack ``method`` with ``settings`` (the attack's, resolved) against
+    the target ``target`` (``targets.spec``; its seed is also the attack's), ``per_class`` images of
+    each class, and score its leakage with the evaluator ``judge`` against the references of
+    ``scored_at``, a list of (training-set size, seed) pairs (default: the target's own). Rows carry
+    method ``label`` (default ``method``). ``keep`` returns the images and labels as tensors.
+    An untrained target (steps 0) is attacked without the check that the generator learned."""
+    net, _ = targets.train(folder, **target)
+    judge_net, _ = targets.train(folder, **judge)
+    train = data.load_dataset(target["dataset"], "train")
+    trained = target["steps"] > 0
+    r = attacks.reconstruct(method, net, train.images.shape[1:], len(train.classes), per_class,
+                            {**settings, "require_learned": trained}, target["seed"], config.device(target),
+                            cache=Path(folder) / "attacks")
+    rows = []
+    for size, seed in scored_at or [(target["train_size"], target["seed"])]:
+        refs = reference_sets(target["dataset"], size, seed, heldout_per_class)
+        rows += leakage_rows(r.images, r.labels, refs, judge_net, _key(target, label or method, size, seed, setting),
+                             seed)
+    return sweep.Result(rows, {"images": r.images, "labels": r.labels} if keep else {})
+
+
+def controls_cell(folder, target: dict, judge: dict, heldout_per_class: int) -> sweep.Result:
+    """A sweep cell: the two stand-ins for reconstructions that need no attack, scored like one against the
+    references of ``target`` (``targets.spec``): real held-out images (``control_heldout``) and uniform
+    noise (``control_noise``)."""
+    judge_net, _ = targets.train(folder, **judge)
+    size, seed = target["train_size"], target["seed"]
+    refs = reference_sets(target["dataset"], size, seed, heldout_per_class)
+    fresh, fresh_labels = refs["fresh"]
+    noise = torch.rand(len(fresh), *fresh.shape[1:], generator=torch.Generator().manual_seed(seed))
+    return sweep.Result(
+        leakage_rows(fresh, fresh_labels, refs, judge_net, _key(target, "control_heldout", size, seed, "sweep"), seed)
+        + leakage_rows(noise, fresh_labels, refs, judge_net, _key(target, "control_noise", size, seed, "sweep"), seed))
+
+
+def utility_cell(folder, method: str, target: dict, settings: dict, per_class: int, steps: int,
+                 arch: str = "cnn") -> sweep.Result:
+    """A sweep cell: a fresh ``arch`` classifier trained for ``steps`` only on what ``method`` (with
+    ``settings``) recovers from ``target``, scored on the real test set (metric ``synthetic_utility``)."""
+    net, _ = targets.train(folder, **target)
+    train, test = data.load_dataset(target["dataset"], "train"), data.load_dataset(target["dataset"], "test")
+    device = config.device(target)
+    r = attacks.reconstruct(method, net, train.images.shape[1:], len(train.classes), per_class,
+                            {**settings, "require_learned": True}, target["seed"], device,
+                            cache=Path(folder) / "attacks")
+    acc = metrics.synthetic_utility(r.images, r.labels, test.float(), test.labels, arch, steps, seed=target["seed"],
+                                    device=device)
+    key = _key(target, method, target["train_size"], target["seed"], "sweep")
+    return sweep.Result([{**key, "metric": "synthetic_utility", "value": acc}])

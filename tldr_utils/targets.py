@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import config, data, store
+from . import config, data, store, sweep
 from .models import ARCHS, build_classifier
 
 
@@ -127,53 +128,87 @@ def training_indices(train: data.ImageSet, train_size: int | None, seed: int) ->
     return data.stratified_subset(train.labels, train_size, seed)
 
 
-def get_target(profile: str, dataset: str, arch: str, train_size: int | None = None, seed: int = 0,
-               trained: bool = True, steps: int | None = None, shift: int = 0, overrides: dict | None = None):
-    """The target classifier for these choices, trained now if not cached.
-
-    Returns ``(net, meta)``; ``meta`` holds the settings, training-set size,
-    train and test accuracy, data provenance and training time.
-    ``trained=False`` gives the untrained control: same architecture, random weights.
-    ``steps`` (default: the profile's) and ``shift`` (augmentation, see ``train_classifier``)
-    are for the evaluation classifier, which is trained longer and on shifted images.
-    ``overrides`` changes settings of the profile's ``train_targets`` section, as in notebook 01.
-    Two processes that need the same target at once train it once: the second
-    waits for the first and loads its checkpoint.
-    """
+def spec(profile: str, dataset: str, arch: str, train_size: int | None = None, seed: int = 0, trained: bool = True,
+         overrides: dict | None = None) -> dict:
+    """The plain description of a target that the profile's ``train_targets`` section (and ``overrides``)
+    names: what ``train`` takes, and what a sweep cell carries instead of the profile's name."""
     cfg = config.settings(profile, "train_targets", overrides)
-    train = data.load_dataset(dataset, "train")
+    return {"dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed,
+            "steps": cfg.steps if trained else 0, "batch_size": cfg.batch_size, "lr": cfg.lr, "shift": 0,
+            "device": cfg.device}
+
+
+def evaluator_spec(profile: str, dataset: str, target_arch: str, overrides: dict | None = None) -> dict:
+    """The plain description of the evaluation classifier for targets of ``target_arch`` (see ``get_evaluator``)."""
+    cfg = config.settings(profile, "train_targets", overrides)
+    return {**spec(profile, dataset, get_evaluator_arch(profile, target_arch, overrides), None, cfg.eval_seed,
+                   overrides=overrides), "steps": cfg.eval_steps, "shift": cfg.eval_shift}
+
+
+def train(folder, dataset: str, arch: str, train_size: int | None, seed: int, steps: int, batch_size: int, lr: float,
+          shift: int = 0, device: str = "auto"):
+    """The classifier of ``arch`` trained for ``steps`` minibatches of ``batch_size`` (0: the untrained
+    control, same architecture, random weights) on ``train_size`` images of ``dataset`` chosen by
+    ``seed`` (None: all), each moved by up to ``shift`` pixels; cached in ``<folder>/targets``
+    under a hash of every choice, so changing any one trains a new one instead of reusing a
+    stale file. Returns ``(net, meta)``; ``meta`` holds the settings, training-set size, train
+    and test accuracy, data provenance and training time. Two processes that need the same
+    target at once train it once: the second waits for the first and loads its checkpoint."""
+    train_set = data.load_dataset(dataset, "train")
     test = data.load_dataset(dataset, "test")
-    idx = training_indices(train, train_size, seed)
-    steps = (cfg.steps if steps is None else steps) if trained else 0
+    idx = training_indices(train_set, train_size, seed)
     spec = {"dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed, "steps": steps,
-            "batch_size": cfg.batch_size, "lr": cfg.lr, "data_sha256": train.provenance()["sha256"]}
+            "batch_size": batch_size, "lr": lr, "data_sha256": train_set.provenance()["sha256"]}
     if shift:  # only then, so that unaugmented targets keep their cache names
         spec["shift"] = shift
     name = f"{dataset}_{arch}_n{size_label(train_size)}_s{seed}_{store.config_hash(spec)}"
-    path = config.run_dir(profile) / "targets" / f"{name}.safetensors"
+    path = Path(folder) / "targets" / f"{name}.safetensors"
     torch.manual_seed(seed)
-    net = build_classifier(arch, tuple(train.images.shape[1:]), len(train.classes))
+    net = build_classifier(arch, tuple(train_set.images.shape[1:]), len(train_set.classes))
     if path.exists():
         return net.eval(), store.load_model(path, net)
     with store.exclusive(path):
         if path.exists():  # another process trained it while this one waited
             return net.eval(), store.load_model(path, net)
-        device = config.device(cfg)
-        x, y = train.float()[idx], train.labels[idx]
+        dev = config.device({"device": device})
+        x, y = train_set.float()[idx], train_set.labels[idx]
         start = time.time()
         desc = f"{dataset}/{arch}/n={len(idx)}/seed={seed}"
         if steps:
-            print(f"training {desc} for {steps} steps of {cfg.batch_size} -> {path}", flush=True)
-        train_classifier(net, x, y, steps, cfg.batch_size, cfg.lr, seed, device, desc, shift, announce=steps >= 500)
+            print(f"training {desc} for {steps} steps of {batch_size} -> {path}", flush=True)
+        train_classifier(net, x, y, steps, batch_size, lr, seed, dev, desc, shift, announce=steps >= 500)
         eval_n = min(len(x), 10000)
         meta = {**spec, "n_train": len(idx), "seconds": round(time.time() - start, 1),
-                "train_accuracy": accuracy(net, x[:eval_n], y[:eval_n], device),
-                "test_accuracy": accuracy(net, test.float(), test.labels, device),
-                "data": train.provenance()}
+                "train_accuracy": accuracy(net, x[:eval_n], y[:eval_n], dev),
+                "test_accuracy": accuracy(net, test.float(), test.labels, dev),
+                "data": train_set.provenance()}
         store.save_model(path, net.cpu(), meta)
     print(f"{desc}: train acc {meta['train_accuracy']:.3f}, test acc {meta['test_accuracy']:.3f} "
           f"in {meta['seconds']:.0f}s -> {path.name}")
     return net.eval(), meta
+
+
+def target_cell(folder, **target) -> sweep.Result:
+    """A sweep cell: train (or load) the target ``target`` (``spec``'s keys) and report its train and
+    test accuracy as metric rows (method ``target``)."""
+    _, meta = train(folder, **target)
+    key = {"dataset": meta["dataset"], "arch": meta["arch"], "method": "target",
+           "train_size": size_label(meta["train_size"]), "seed": meta["seed"]}
+    return sweep.Result([{**key, "metric": m, "value": meta[m]} for m in ("train_accuracy", "test_accuracy")],
+                        notes=[f"trained in {meta['seconds']:.0f}s" if meta.get("seconds") else "loaded"])
+
+
+def get_target(profile: str, dataset: str, arch: str, train_size: int | None = None, seed: int = 0,
+               trained: bool = True, steps: int | None = None, shift: int = 0, overrides: dict | None = None):
+    """The target classifier that ``profile`` names for these choices (``train``, cached in
+    ``runs/<profile>/targets``). ``trained=False`` gives the untrained control. ``steps``
+    (default: the profile's) and ``shift`` are for the evaluation classifier, which is trained
+    longer and on shifted images. ``overrides`` changes settings of the profile's
+    ``train_targets`` section, as in notebook 01."""
+    s = spec(profile, dataset, arch, train_size, seed, trained, overrides)
+    if steps is not None and trained:
+        s["steps"] = steps
+    return train(config.run_dir(profile), **{**s, "shift": shift})
 
 
 def get_evaluator_arch(profile: str, target_arch: str, overrides: dict | None = None) -> str:
@@ -191,6 +226,4 @@ def get_evaluator(profile: str, dataset: str, target_arch: str, overrides: dict 
     tolerant of it would score placement rather than content. The first call for a
     dataset trains it (minutes on a CPU: it says how long before it starts) and
     caches it for every later one."""
-    cfg = config.settings(profile, "train_targets", overrides)
-    return get_target(profile, dataset, get_evaluator_arch(profile, target_arch, overrides), None, cfg.eval_seed,
-                      steps=cfg.eval_steps, shift=cfg.eval_shift, overrides=overrides)
+    return train(config.run_dir(profile), **evaluator_spec(profile, dataset, target_arch, overrides))
