@@ -267,3 +267,25 @@ def test_grad_norm_trains_a_generator_against_a_vision_transformer():
     G, history = inversion.train_generator(vit, (1, 8, 8), 10, {"ce": 1.0, "grad_norm": 0.1}, steps=3, batch_size=8)
     assert len(history) == 3 and history[0]["grad_norm"] > 0
     assert all(p.grad is not None for p in G.parameters() if p.requires_grad)
+
+
+def test_a_cached_generator_serves_another_number_of_samples(tmp_path, monkeypatch):
+    """The trained generator is kept apart from its samples: asking for more images draws from it again."""
+    from tldr_utils import attacks
+
+    torch.manual_seed(0)
+    target = build_classifier("mlp", (1, 8, 8), 10).eval()
+    settings = {"steps": 6, "batch_size": 8, "require_learned": False}
+    fresh = attacks.reconstruct("tldr", target, (1, 8, 8), 10, 3, settings, seed=4)
+    first = attacks.reconstruct("tldr", target, (1, 8, 8), 10, 2, settings, seed=4, cache=tmp_path)
+    assert len(list((tmp_path / "generators").glob("*.safetensors"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the generator was trained again")
+
+    monkeypatch.setattr(inversion, "train_generator", no_training)
+    again = attacks.reconstruct("tldr", target, (1, 8, 8), 10, 3, settings, seed=4, cache=tmp_path)
+    assert torch.equal(again.images, fresh.images)  # the loaded generator draws what the trained one drew
+    assert again.cost["train_cpu_seconds"] == first.cost["train_cpu_seconds"]
+    with pytest.raises(AssertionError, match="trained again"):  # another training setting is another generator
+        attacks.reconstruct("tldr", target, (1, 8, 8), 10, 3, {**settings, "lr": 0.01}, seed=4, cache=tmp_path)

@@ -19,12 +19,12 @@ def _cells(folder, bad_lr=None):
     target = {"dataset": "digits", "arch": "mlp", "train_size": 100, "seed": 0, "steps": 20, "batch_size": 32,
               "lr": 0.01, "shift": 0, "device": "cpu"}
     judge = {**target, "train_size": None, "seed": 1}
-    cells = [sweep.Cell("tldr_utils.targets:target_cell", {"folder": str(folder), **t}) for t in (target, judge)]
+    cells = [sweep.Cell("tldr_utils.targets:target_cell", {"folder": str(folder), **t}, cpus=1) for t in (target, judge)]
     cells.append(sweep.Cell("tldr_utils.experiments:controls_cell",
-                            {"folder": str(folder), "target": target, "judge": judge, "heldout_per_class": 5}))
+                            {"folder": str(folder), "target": target, "judge": judge, "heldout_per_class": 5}, cpus=1))
     if bad_lr is not None:
         cells.append(sweep.Cell("tldr_utils.targets:target_cell", {"folder": str(folder), **target, "lr": bad_lr},
-                                label="a target with a huge learning rate"))
+                                cpus=1, label="a target with a huge learning rate"))
     return cells
 
 
@@ -94,5 +94,8 @@ def test_backend_from_the_environment(monkeypatch):
         sweep.backend_from_env()
     monkeypatch.delenv("TLDR_WORKERS")
     assert sweep.backend_from_env() == ("inline", 1)
+    assert sweep.Cell("m:f").cpus == len(os.sched_getaffinity(0))  # one cell at a time: every core
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert sweep.Cell("m:f").cpus == 1
     with pytest.raises(ValueError, match="unknown backend 'spark'"):
         sweep.run([], backend="spark")

@@ -16,7 +16,7 @@ images a figure shows) when the notebook needs them.
   needs ``pip install -e ".[cluster]"``).
 
 Every backend runs a cell with ``torch.set_num_threads(cell.cpus)``, so a cell gives
-the same rows wherever it ran. Results come back by value and only this process
+the same rows wherever it ran (a different thread count can move the last digits). Results come back by value and only this process
 writes them, one file per finished cell in ``cache``, so no shared filesystem is
 needed and an interrupted sweep resumes from the cells already done. A cell that
 fails does not stop the others; once all have run, ``SweepError`` names each failed
@@ -47,13 +47,13 @@ BACKENDS = ("inline", "processes", "ray")
 class Cell:
     """One unit of a sweep: ``task`` ("package.module:function") called with ``args``.
 
-    ``cpus`` is also the number of threads the cell runs with; ``gpu`` a fraction of one
+    ``cpus`` is also the number of threads the cell runs with (default ``default_cpus()``); ``gpu`` a fraction of one
     GPU (0.25: four such cells share a GPU); ``memory_gb`` what Ray reserves for it.
     ``label`` is how progress and errors name it (default: its task and arguments)."""
 
     task: str
     args: dict = field(default_factory=dict)
-    cpus: int = 1
+    cpus: int = field(default_factory=lambda: default_cpus())
     gpu: float = 0.0
     memory_gb: float = 2.0
     label: str = ""
@@ -70,8 +70,8 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """The cache key: the task, its arguments and its thread count (which can move the last digits)."""
-        return store.config_hash({"task": self.task, "args": self.args, "cpus": self.cpus})
+        """The cache key: the task and its arguments (not the resources, so that every backend shares the cache)."""
+        return store.config_hash({"task": self.task, "args": self.args})
 
     def __hash__(self) -> int:  # its arguments are dicts, so hash what identifies it
         return hash(self.key)
@@ -125,6 +125,13 @@ def _guarded(cell: Cell):
         return None, traceback.format_exc()
 
 
+def default_cpus() -> int:
+    """Threads for a cell: the machine's cores shared among the local workers (``TLDR_WORKERS``),
+    all of them when cells run one after another here; one on Ray, which packs cells by their CPUs."""
+    backend, workers = backend_from_env()
+    return 1 if backend == "ray" else max(1, len(os.sched_getaffinity(0)) // workers)
+
+
 def backend_from_env() -> tuple[str, int]:
     """The backend the environment asks for: ``ray`` when ``RAY_ADDRESS`` is set, ``processes`` when
     ``TLDR_WORKERS`` is above 1, else ``inline``; and the number of workers."""
@@ -144,7 +151,7 @@ def run(cells: list[Cell], cache: str | Path | None = None, backend: str | None 
     ``backend`` and ``workers`` default to ``backend_from_env()``."""
     cells = list(cells)
     if len({c.key for c in cells}) != len(cells):
-        raise ValueError("two cells of the sweep are the same (same task, arguments and threads): drop the repeat")
+        raise ValueError("two cells of the sweep are the same (same task and arguments): drop the repeat")
     if backend is None or workers is None:
         env_backend, env_workers = backend_from_env()
         backend, workers = backend or env_backend, workers or env_workers

@@ -80,6 +80,7 @@ class Problem:
     aux: torch.Tensor | None = None  # split_decoder: the attacker's own images, none of them the victim's
     labels: torch.Tensor | None = None  # feature attacks: the private inputs' labels, when known (else -1)
     skipped: list = field(default_factory=list)
+    cache: Path | None = None  # where an attack may keep what it builds on the way (a trained generator)
 
     def skip(self, term: str, why: str) -> None:
         """Record and warn once that ``term`` cannot be used on this model."""
@@ -224,6 +225,7 @@ def _run(attack: Attack, problem: Problem, cfg: dict, seed: int, cache, key: dic
                "shape": list(problem.image_shape), "seed": seed,
                "model": store.tensor_hash(*problem.model.state_dict().values())}
         path = Path(cache) / f"{attack.name}_{store.config_hash(key)}.safetensors"
+        problem.cache = Path(cache)
         with store.exclusive(path):
             if not path.exists():
                 r = _run(attack, problem, cfg, seed, None, key)

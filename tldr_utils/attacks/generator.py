@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from .. import config, inversion
+from .. import config, inversion, store
+from ..models import Generator
 from . import Problem, register
 
 _COMMON = {"conditioning": "vector_matrix", "soft_scale": 16.0, "steps": 800, "batch_size": 64, "lr": 0.003,
@@ -33,31 +34,65 @@ TLDR = {**_COMMON, "hot": True, "target_dropout": True,
 
 
 def train_and_sample(problem: Problem, cfg: dict, seed: int):
-    """Train the generator on ``problem.model``, refuse a degenerate one, draw and select the samples."""
+    """Train the generator on ``problem.model`` (or load it, see ``trained_generator``), refuse a degenerate
+    one, draw and select the samples."""
     net = problem.model
-    weights, dropped = inversion.supported(net, cfg["weights"], problem.feature_layer)
-    for term, why in dropped.items():
-        problem.skip(term, why)
-    start = time.process_time()
-    G, history = inversion.train_generator(
-        net, problem.image_shape, problem.num_classes, weights, conditioning=cfg["conditioning"], hot=cfg["hot"],
-        soft_scale=cfg["soft_scale"], steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-        epsilon=cfg["epsilon"], perturbation=cfg["perturbation"], shift=cfg["shift"], warmup=cfg["warmup"],
-        target_dropout=cfg["target_dropout"], seed=seed, device=problem.device, feature_layer=problem.feature_layer)
-    trained = time.process_time()
+    G, history, train_cpu = trained_generator(problem, cfg, seed)
+    checked = time.process_time()
     inversion.check_not_degenerate(G, net if cfg["require_learned"] else None, config.Settings(cfg, seed=seed),
                                    "generator")
-    checked = time.process_time()
     n, k = problem.per_class, cfg["oversample"]
     draws, draw_labels = inversion.sample(G, n * k, hot=cfg["hot"], seed=seed, device=problem.device,
                                           soft_scale=cfg["soft_scale"])
     images, labels = inversion.most_confident(net, draws, draw_labels, n, problem.device) if k > 1 else (draws, draw_labels)
     # the two parts of the cost: training once, then drawing (and selecting) each image
-    cost = {"train_cpu_seconds": trained - start,
+    cost = {"train_cpu_seconds": train_cpu,
             "sample_cpu_seconds_per_image": (time.process_time() - checked) / len(images)}
     first = torch.cat([torch.nonzero(draw_labels == c).flatten()[:n] for c in range(problem.num_classes)])
     return images, labels, cfg["steps"], {"generator": G, "history": history, "final_terms": history[-1], "cost": cost,
                                           "unselected_images": draws[first], "unselected_labels": draw_labels[first]}
+
+
+_SAMPLING = ("oversample", "require_learned")  # settings that change what is drawn, not the generator
+
+
+def trained_generator(problem: Problem, cfg: dict, seed: int):
+    """The generator trained on ``problem.model`` with ``cfg``: ``(G, history, cpu_seconds)``.
+
+    With ``problem.cache``, it is kept there under a hash of the model's weights and of every
+    setting of its training, apart from what is drawn from it: a run that asks for another
+    number of images, or selects them otherwise, draws from the same generator instead of
+    training it again (its CPU seconds are the ones measured when it was trained)."""
+    net = problem.model
+    weights, dropped = inversion.supported(net, cfg["weights"], problem.feature_layer)
+    for term, why in dropped.items():
+        problem.skip(term, why)
+    G = Generator(problem.image_shape, problem.num_classes, cfg["conditioning"])
+    path = None
+    if problem.cache is not None:
+        key = {"model": store.tensor_hash(*net.state_dict().values()), "shape": list(problem.image_shape),
+               "num_classes": problem.num_classes, "feature_layer": problem.feature_layer, "seed": seed,
+               "version": inversion.LOSS_VERSION, **{k: v for k, v in cfg.items() if k not in _SAMPLING}}
+        path = problem.cache / "generators" / f"generator_{store.config_hash(key)}.safetensors"
+        with store.exclusive(path):
+            if path.exists():
+                meta = store.load_model(path, G)
+                return G.eval(), meta["history"], meta["train_cpu_seconds"]
+            return _train(problem, cfg, weights, seed, path)
+    return _train(problem, cfg, weights, seed, path)
+
+
+def _train(problem: Problem, cfg: dict, weights: dict, seed: int, path):
+    start = time.process_time()
+    G, history = inversion.train_generator(
+        problem.model, problem.image_shape, problem.num_classes, weights, conditioning=cfg["conditioning"],
+        hot=cfg["hot"], soft_scale=cfg["soft_scale"], steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+        epsilon=cfg["epsilon"], perturbation=cfg["perturbation"], shift=cfg["shift"], warmup=cfg["warmup"],
+        target_dropout=cfg["target_dropout"], seed=seed, device=problem.device, feature_layer=problem.feature_layer)
+    seconds = time.process_time() - start
+    if path is not None:
+        store.save_model(path, G, {"history": history, "train_cpu_seconds": seconds})
+    return G, history, seconds
 
 
 register("inversion", INVERSION, config.RULES,
