@@ -20,10 +20,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from scipy import stats
+from torch import nn
 
-from . import store
+from . import attacks as registry
+from . import auditing, config, data, metrics, store, sweep, targets
 from .metrics import wilcoxon_p
-from .models import build_classifier
+from .models import build_classifier, split_points
 from .targets import accuracy, train_classifier
 
 
@@ -142,3 +144,56 @@ def answers(frame: pd.DataFrame, attacks) -> list[str]:
     block = ["dataset", "train_size", "seed", "method"]
     return [f"{what}: {describe(compare(rows, metric, block))}" for metric, what in QUESTIONS.items()
             if (rows.metric == metric).any()]
+
+
+# the audit's numbers that the comparison keeps
+KEEP = ("target_accuracy", "evaluator_accuracy", "precision", "recall", "within_class_ssim", "nn_ssim_train",
+        "nn_ssim_gap", "membership_auc", "membership_auc_lo", "membership_auc_hi", "l2_diff", "wall_seconds")
+
+
+def cell(folder, dataset: str, train_size, seed: int, archs: list, training: dict, validation_size: int,
+         judge: dict, attacks: dict, per_class: int, heldout_per_class: int, resamples: int,
+         victims_per_class: int, split_steps: int, device: str = "auto") -> sweep.Result:
+    """A sweep cell (notebook 10): classifiers of ``archs`` trained to matched accuracy (``get_matched``
+    with ``training``: steps, batch_size, lr, check_every) on the ``train_size`` images of ``dataset``
+    that ``seed`` picks, each attacked by every weight attack of ``attacks`` ({name: settings}) through
+    ``auditing.run_audit`` and by ``split_optimisation`` (``split_steps``) after its first and last block,
+    every reconstruction judged by the evaluator ``judge`` (``targets.spec``). The test split's first
+    half holds the held-out references and the private inputs, its second half the validation images.
+    Returns tidy rows and, as tensors ``<arch>/<attack>/images`` and ``.../labels``, each attack's samples."""
+    dev = config.device({"device": device})
+    train, test = data.load_dataset(dataset, "train"), data.load_dataset(dataset, "test")
+    x_test, y_test, half = test.float(), test.labels, len(test) // 2
+    val = slice(half, half + validation_size)
+    judge_net, _ = targets.train(folder, **judge)
+    idx = targets.training_indices(train, train_size, seed)
+    x, y = train.float()[idx], train.labels[idx]
+    held = data.heldout_indices(y_test[:half], heldout_per_class, seed)
+    victim = data.heldout_indices(y_test[:half], victims_per_class, seed + 1)
+    nets = get_matched(Path(folder) / "architectures", archs, x, y, x_test[val], y_test[val], **training,
+                       num_classes=len(train.classes), seed=seed, device=dev)
+    rows, tensors, notes = [], {}, []
+    for arch, (net, meta) in nets.items():
+        key = {"dataset": dataset, "arch": arch, "train_size": targets.size_label(train_size), "seed": seed,
+               "setting": "architectures"}
+        rows += [{**key, "method": "classifier", "metric": "test_accuracy",
+                  "value": accuracy(net, x_test[:half], y_test[:half], dev)},
+                 {**key, "method": "classifier", "metric": "validation_accuracy", "value": meta["validation_accuracy"]},
+                 {**key, "method": "classifier", "metric": "steps", "value": meta["step"]}]
+        found = auditing.run_audit(net, (x, y), (x_test[held], y_test[held]), attacks, per_class, judge_net, seed,
+                                   resamples, dev)
+        notes += [f"{arch}: {name} failed ({why})" for name, why in found.failed.items()]
+        t = found.table[found.table.metric.isin(KEEP)]
+        rows += [{**key, "method": r.attack, "metric": r.metric, "value": r.value} for r in t.itertuples()]
+        for name, (images, labels) in found.samples.items():
+            tensors |= {f"{arch}/{name}/images": images, f"{arch}/{name}/labels": labels}
+        blocks, _ = split_points(net)
+        for where, depth in (("first", 1), ("last", len(blocks))):
+            encoder = nn.Sequential(*blocks[:depth])
+            with torch.no_grad():
+                seen = encoder(x_test[victim].to(dev)).cpu()
+            r = registry.invert_features("split_optimisation", encoder, seen, tuple(x.shape[1:]),
+                                         {"steps": split_steps}, seed, dev, cache=Path(folder) / "attacks")
+            q = metrics.paired_quality(r.images, x_test[victim], y_test[victim], judge_net, dev)
+            rows += [{**key, "method": f"split_optimisation_{where}", "metric": m, "value": v} for m, v in q.items()]
+    return sweep.Result(rows, tensors, notes)

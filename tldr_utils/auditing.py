@@ -141,21 +141,40 @@ def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = c
         steps = {"steps": cfg.generator_steps} if n in config.GENERATOR_SECTIONS else {}
         resolved[n] = config.attack_settings(profile, n, {**steps, **(settings or {}).get(n, {})})
     device = torch.device(device or config.device(cfg))
+    _reference_split(y_held, num_classes)  # refuse too few held-out images before training a judge
+    judge = evaluator if evaluator is not None else get_evaluator(x_train, y_train, profile, seed, device,
+                                                                 cfg.evaluator_steps)
+    return run_audit(model, (x_train, y_train), (x_held, y_held), resolved, cfg.per_class, judge, seed,
+                     cfg.resamples, device, feature_layer)
+
+
+def _reference_split(y_held: torch.Tensor, num_classes: int) -> int:
     counts = torch.bincount(y_held, minlength=num_classes)
     half = int(counts.min()) // 2
     if half < 4:
         raise ValueError(f"heldout needs at least 8 images of every class (half compared with the attacks, half "
                          f"standing in for reconstructions), but class {int(counts.argmin())} has {int(counts.min())}")
+    return half
+
+
+def run_audit(model: torch.nn.Module, train, heldout, settings: dict, per_class: int, judge: torch.nn.Module,
+              seed: int = 0, resamples: int = 1000, device="cpu", feature_layer: str | None = None) -> Audit:
+    """``audit`` with every choice given as a value: ``settings`` maps each attack to run to its
+    settings (``attacks.resolve``), ``per_class`` reconstructions of each class, ``judge`` the
+    evaluation classifier, ``resamples`` the bootstrap's. ``train`` and ``heldout`` as in ``audit``."""
+    (x_train, y_train), (x_held, y_held) = _check_images("train", train), _check_images("heldout", heldout)
+    names, shape = list(settings), tuple(x_train.shape[1:])
+    num_classes = int(torch.cat([y_train, y_held]).max()) + 1
+    device = torch.device(device)
+    half = _reference_split(y_held, num_classes)
     ref = data.heldout_indices(y_held, half, seed)
     control = data.heldout_indices(y_held, half, seed + 1, exclude=ref)
     x_ref, y_ref = x_held[ref], y_held[ref]
-    judge = evaluator if evaluator is not None else get_evaluator(x_train, y_train, profile, seed, device,
-                                                                 cfg.evaluator_steps)
     real_features = metrics.penultimate_features(judge, x_ref, device)
 
     def score(name, images, labels, cost=None) -> list[dict]:
         values = metrics.attack_scores(images, labels, model, judge, (x_train, y_train), (x_ref, y_ref),
-                                       real_features, seed, cfg.resamples, device)
+                                       real_features, seed, resamples, device)
         values["images"] = len(images)
         if cost:
             values |= {k: float(v) for k, v in cost.items()}
@@ -169,13 +188,14 @@ def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = c
         return rows
 
     rows, samples, failed, skipped = [], {}, {}, {}
-    stats = class_statistics(model, x_train, y_train, device=device) if "bn_classwise" in names else None
+    needs_stats = any("class_stats" in registry.get(n).needs for n in names)
+    stats = class_statistics(model, x_train, y_train, device=device) if needs_stats else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for name in names:
             try:
-                r = registry.reconstruct(name, model, shape, num_classes, cfg.per_class, resolved[name], seed, device,
-                                        feature_layer, class_stats=stats)
+                r = registry.reconstruct(name, model, shape, num_classes, per_class, settings[name], seed, device,
+                                         feature_layer, class_stats=stats)
             except inversion.DegenerateRun as err:
                 failed[name] = str(err)
                 continue

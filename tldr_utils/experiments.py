@@ -13,8 +13,11 @@ import functools
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import attacks, config, data, metrics, store, sweep, targets
+from .attacks.optimisation import class_statistics
+from .models import split_points
 
 
 def settings(profile: str, method: str, overrides: dict | None = None) -> config.Settings:
@@ -202,3 +205,69 @@ def utility_cell(folder, method: str, target: dict, settings: dict, per_class: i
                                     device=device)
     key = _key(target, method, target["train_size"], target["seed"], "sweep")
     return sweep.Result([{**key, "metric": "synthetic_utility", "value": acc}])
+
+
+# ----------------------------------------------------------------- every attack on one target (notebook 06)
+def attack_cell(folder, attack: str, target: dict, judge: dict, settings: dict, per_class: int,
+                heldout_per_class: int, resamples: int, setting: str = "baselines") -> sweep.Result:
+    """A sweep cell: weight attack ``attack`` (with ``settings``) against the target ``target``
+    (``targets.spec``; its seed is also the attack's), ``per_class`` images of each class, scored
+    by ``metrics.attack_scores`` with the evaluator ``judge`` against the target's training images
+    and ``heldout_per_class`` held-out test images of each class. ``bn_classwise`` gets the class
+    statistics of the training images. Returns the rows and the images (tensors ``images``,
+    ``labels``) with the attack's cost in the rows (``cpu_seconds_per_image``, and for a generator
+    ``train_cpu_seconds`` and ``sample_cpu_seconds_per_image``)."""
+    net, _ = targets.train(folder, **target)
+    judge_net, _ = targets.train(folder, **judge)
+    train, test = data.load_dataset(target["dataset"], "train"), data.load_dataset(target["dataset"], "test")
+    device = config.device(target)
+    idx = targets.training_indices(train, target["train_size"], target["seed"])
+    held = data.heldout_indices(test.labels, heldout_per_class, target["seed"])
+    refs = {"train": (train.float()[idx], train.labels[idx]), "heldout": (test.float()[held], test.labels[held])}
+    stats = (class_statistics(net, *refs["train"], device=device)
+             if "class_stats" in attacks.get(attack).needs else None)
+    r = attacks.reconstruct(attack, net, train.images.shape[1:], len(train.classes), per_class, settings,
+                            target["seed"], device, class_stats=stats, cache=Path(folder) / "attacks")
+    real = metrics.penultimate_features(judge_net, refs["heldout"][0], device)
+    scores = metrics.attack_scores(r.images, r.labels, net, judge_net, refs["train"], refs["heldout"], real,
+                                   target["seed"], resamples, device)
+    scores["cpu_seconds_per_image"] = r.cost["cpu_seconds"] / len(r.images)  # a reused generator's: as if trained here
+    scores |= {k: r.cost[k] for k in ("train_cpu_seconds", "sample_cpu_seconds_per_image") if k in r.cost}
+    key = _key(target, attack, target["train_size"], target["seed"], setting)
+    return sweep.Result([{**key, "metric": m, "value": v} for m, v in scores.items()],
+                        {"images": r.images, "labels": r.labels})
+
+
+# ----------------------------------------------------------------- split computing (notebook 08)
+def split_cell(folder, attack: str, target: dict, judge: dict, depth: int, seed: int, victims_per_class: int,
+               aux_size: int, settings: dict, aux_dataset: str | None = None, label: str | None = None,
+               strip: int = 0) -> sweep.Result:
+    """A sweep cell: feature attack ``attack`` (with ``settings``) recovers private test images of the
+    target's dataset from what the first ``depth`` blocks of the target ``target`` (``targets.spec``)
+    send to a server; ``seed`` picks ``victims_per_class`` victims of each class from the test
+    split's first half and seeds the attack. The attacker's own images are ``aux_size`` images of the second half, or the
+    first ``aux_size`` test images of ``aux_dataset``. Scored by ``metrics.paired_quality`` with the
+    evaluator ``judge``; rows carry method ``label`` (default ``attack``) and setting
+    ``split_depth<depth>``. ``strip`` returns that many reconstructions (tensor ``images``)."""
+    net, _ = targets.train(folder, **target)
+    judge_net, _ = targets.train(folder, **judge)
+    test = data.load_dataset(target["dataset"], "test")
+    device = config.device(target)
+    half = len(test) // 2
+    aux = (test.float()[half:half + aux_size] if aux_dataset is None
+           else data.load_dataset(aux_dataset, "test").float()[:aux_size])
+    if aux.shape[1:] != test.images.shape[1:]:
+        raise ValueError(f"aux_dataset {aux_dataset!r} has images of shape {tuple(aux.shape[1:])}, "
+                         f"{target['dataset']!r} {tuple(test.images.shape[1:])}: pick a dataset with the same shape")
+    victims = data.heldout_indices(test.labels[:half], victims_per_class, seed)
+    x, y = test.float()[victims], test.labels[victims]
+    encoder = nn.Sequential(*split_points(net.to(device).eval())[0][:depth])
+    with torch.no_grad():
+        seen = encoder(x.to(device)).cpu()  # what the server receives
+    r = attacks.invert_features(attack, encoder, seen, tuple(x.shape[1:]), settings, seed, device,
+                                labels=y, aux=aux, cache=Path(folder) / "attacks")
+    q = metrics.paired_quality(r.images, x, y, judge_net, device)
+    q["cpu_seconds"] = r.cost["cpu_seconds"]
+    key = _key(target, label or attack, target["train_size"], seed, f"split_depth{depth}")
+    return sweep.Result([{**key, "metric": m, "value": v} for m, v in q.items()],
+                        {"images": r.images[:strip], "truth": x[:strip]} if strip else {})

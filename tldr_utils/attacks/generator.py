@@ -37,7 +37,8 @@ def train_and_sample(problem: Problem, cfg: dict, seed: int):
     """Train the generator on ``problem.model`` (or load it, see ``trained_generator``), refuse a degenerate
     one, draw and select the samples."""
     net = problem.model
-    G, history, train_cpu = trained_generator(problem, cfg, seed)
+    wall, cpu = time.perf_counter(), time.process_time()
+    G, history, trained = trained_generator(problem, cfg, seed)
     checked = time.process_time()
     inversion.check_not_degenerate(G, net if cfg["require_learned"] else None, config.Settings(cfg, seed=seed),
                                    "generator")
@@ -46,8 +47,11 @@ def train_and_sample(problem: Problem, cfg: dict, seed: int):
                                           soft_scale=cfg["soft_scale"])
     images, labels = inversion.most_confident(net, draws, draw_labels, n, problem.device) if k > 1 else (draws, draw_labels)
     # the two parts of the cost: training once, then drawing (and selecting) each image
-    cost = {"train_cpu_seconds": train_cpu,
+    cost = {"train_cpu_seconds": trained["cpu_seconds"],
             "sample_cpu_seconds_per_image": (time.process_time() - checked) / len(images)}
+    if trained["reused"]:  # the whole cost, as if trained here: its training as measured then, and this call
+        cost |= {"cpu_seconds": trained["cpu_seconds"] + time.process_time() - cpu,
+                 "wall_seconds": trained["wall_seconds"] + time.perf_counter() - wall, "generator_reused": True}
     first = torch.cat([torch.nonzero(draw_labels == c).flatten()[:n] for c in range(problem.num_classes)])
     return images, labels, cfg["steps"], {"generator": G, "history": history, "final_terms": history[-1], "cost": cost,
                                           "unselected_images": draws[first], "unselected_labels": draw_labels[first]}
@@ -57,12 +61,13 @@ _SAMPLING = ("oversample", "require_learned")  # settings that change what is dr
 
 
 def trained_generator(problem: Problem, cfg: dict, seed: int):
-    """The generator trained on ``problem.model`` with ``cfg``: ``(G, history, cpu_seconds)``.
+    """The generator trained on ``problem.model`` with ``cfg``: ``(G, history, cost)``, the cost its
+    training's CPU and wall seconds and whether it was ``reused``.
 
     With ``problem.cache``, it is kept there under a hash of the model's weights and of every
     setting of its training, apart from what is drawn from it: a run that asks for another
     number of images, or selects them otherwise, draws from the same generator instead of
-    training it again (its CPU seconds are the ones measured when it was trained)."""
+    training it again (its cost is the one measured when it was trained)."""
     net = problem.model
     weights, dropped = inversion.supported(net, cfg["weights"], problem.feature_layer)
     for term, why in dropped.items():
@@ -77,22 +82,22 @@ def trained_generator(problem: Problem, cfg: dict, seed: int):
         with store.exclusive(path):
             if path.exists():
                 meta = store.load_model(path, G)
-                return G.eval(), meta["history"], meta["train_cpu_seconds"]
+                return G.eval(), meta["history"], {**meta["cost"], "reused": True}
             return _train(problem, cfg, weights, seed, path)
     return _train(problem, cfg, weights, seed, path)
 
 
 def _train(problem: Problem, cfg: dict, weights: dict, seed: int, path):
-    start = time.process_time()
+    wall, cpu = time.perf_counter(), time.process_time()
     G, history = inversion.train_generator(
         problem.model, problem.image_shape, problem.num_classes, weights, conditioning=cfg["conditioning"],
         hot=cfg["hot"], soft_scale=cfg["soft_scale"], steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
         epsilon=cfg["epsilon"], perturbation=cfg["perturbation"], shift=cfg["shift"], warmup=cfg["warmup"],
         target_dropout=cfg["target_dropout"], seed=seed, device=problem.device, feature_layer=problem.feature_layer)
-    seconds = time.process_time() - start
+    cost = {"cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall}
     if path is not None:
-        store.save_model(path, G, {"history": history, "train_cpu_seconds": seconds})
-    return G, history, seconds
+        store.save_model(path, G, {"history": history, "cost": cost})
+    return G, history, {**cost, "reused": False}
 
 
 register("inversion", INVERSION, config.RULES,
