@@ -2,12 +2,12 @@
 # PROFILE=smoke|cpu|paper (default cpu); DATASETS="mnist fashion_mnist" limits the data.
 ## Variables: PROFILE=smoke|cpu|paper picks the scale (default cpu; only a full cpu run updates figures/ and the README);
 ##            DATASETS="mnist fashion_mnist" limits the data (make data DATASETS="svhn cifar10" fetches others);
-##            WORKERS=2 runs the sweeps' cells in that many local processes (default: one per core);
+##            WORKERS=2 runs the sweeps' cells in that many local processes, one thread each (default 1: here, every core);
 ##            RAY=1 runs them as Ray tasks on a Ray started here, RAY_ADDRESS=auto|host:port on a running one.
 
 PROFILE ?= cpu
 DATASETS ?=
-WORKERS ?= $(shell nproc)
+WORKERS ?= 1
 RAY ?=
 PYTHON ?= python3
 VENV := .venv

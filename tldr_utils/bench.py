@@ -11,6 +11,13 @@ The target is an untrained CNN of the dataset's shape: the cost of a step does
 not depend on the values of its weights. A loaded machine makes every number
 slower and noisier, so the load is recorded and a high one is warned about.
 
+Then the sweep runner, side by side in one run: the same ``k`` generator cells (TLDR at the
+profile's batch, on untrained CNN and MLP targets) run one after another in this process with
+every core, and on one local worker process per core with one thread each; with the wall and
+CPU seconds of each (workers included), the generator steps per second, the peak resident
+memory of any one process, and the ratio of the wall times. And a generator attack drawn from
+a generator cached by an earlier run against one trained anew (``attacks.generator``).
+
 Run as ``python -m tldr_utils.bench --profile cpu``; writes ``runs/<profile>/bench.json``.
 """
 
@@ -22,11 +29,12 @@ import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
 
 import torch
 
-from . import config, inversion, store
+from . import attacks, config, inversion, store, sweep
 from .models import build_classifier
 
 CASES = ("inversion", "tldr", "sampling", "deepinversion")
@@ -54,8 +62,6 @@ def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, ste
             inversion.sample(G, per_class, device=device)
         what, unit = "sampling (200 images)", "ms/image"
     elif case == "deepinversion":
-        from . import attacks
-
         di = config.attack_settings(profile, "deepinversion", {"steps": steps})
         units = steps
 
@@ -124,8 +130,6 @@ def per_image_costs(profile: str, rows: dict) -> dict:
     """CPU milliseconds per image of each attack at the profile's settings, from the measured
     medians: a generator's training spread over ``AMORTISED`` images plus the draws of each
     image (``oversample`` of them), against DeepInversion, whose every batch is optimised anew."""
-    from . import attacks  # noqa: F401  (registers the attacks that attack_settings reads)
-
     di = config.attack_settings(profile, "deepinversion")
     out = {"deepinversion": di["steps"] * rows["deepinversion"]["cpu_ms"]["median"] / di["batch_size"]}
     sample = rows["sampling"]["cpu_ms"]["median"]
@@ -136,6 +140,54 @@ def per_image_costs(profile: str, rows: dict) -> dict:
                                        + cfg["oversample"] * sample)
             out[f"deepinversion_over_{method}_at_{n}"] = out["deepinversion"] / out[f"{method}_at_{n}"]
     return out
+
+
+def generator_cell(arch: str, steps: int, batch_size: int, seed: int) -> sweep.Result:
+    """A bench cell: a TLDR generator trained for ``steps`` against an untrained ``arch`` target."""
+    torch.manual_seed(seed)
+    net = build_classifier(arch, (1, 28, 28)).eval()
+    start = time.perf_counter()
+    attacks.reconstruct("tldr", net, (1, 28, 28), 10, 2, {"steps": steps, "batch_size": batch_size,
+                                                          "require_learned": False}, seed)
+    return sweep.Result([{"arch": arch, "seed": seed, "seconds": time.perf_counter() - start}])
+
+
+def sweep_side_by_side(profile: str, k: int = 4, steps: int = 40) -> dict:
+    """The same ``k`` generator cells in this process, then on one worker per core (see the module's text)."""
+    cores = len(os.sched_getaffinity(0))
+    batch = config.attack_settings(profile, "tldr")["batch_size"]
+    out = {"cells": k, "steps_per_cell": steps, "batch_size": batch, "cores": cores}
+    for backend, workers, threads in (("inline", 1, cores), ("processes", cores, 1)):
+        cells = [sweep.Cell("tldr_utils.bench:generator_cell", {"arch": ("cnn", "mlp")[i % 2], "steps": steps,
+                                                                  "batch_size": batch, "seed": i}, cpus=threads)
+                 for i in range(k)]
+        before, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall = time.perf_counter()
+        sweep.run(cells, backend=backend, workers=workers, desc=f"bench sweep ({backend})")
+        wall = time.perf_counter() - wall
+        after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = sum(getattr(a, f) - getattr(b, f) for a, b in ((after, before), (children_after, children))
+                  for f in ("ru_utime", "ru_stime"))
+        out[backend] = {"workers": workers, "threads_per_cell": threads, "wall_seconds": wall, "cpu_seconds": cpu,
+                        "steps_per_second": k * steps / wall,
+                        "peak_mib": max(after.ru_maxrss, children_after.ru_maxrss) / 2**10}
+    out["inline_over_processes"] = out["inline"]["wall_seconds"] / out["processes"]["wall_seconds"]
+    return out
+
+
+def reuse_side_by_side(profile: str, steps: int = 40) -> dict:
+    """A generator attack trained anew against the same attack drawn from the generator a first run cached."""
+    cfg = {**config.attack_settings(profile, "tldr"), "steps": steps, "require_learned": False}
+    torch.manual_seed(0)
+    net = build_classifier("cnn", (1, 28, 28)).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        wall = time.perf_counter()
+        attacks.reconstruct("tldr", net, (1, 28, 28), 10, 10, cfg, 0, cache=folder)
+        trained = time.perf_counter() - wall
+        wall = time.perf_counter()
+        attacks.reconstruct("tldr", net, (1, 28, 28), 10, 20, cfg, 0, cache=folder)  # another number of images
+        reused = time.perf_counter() - wall
+    return {"steps": steps, "trained_seconds": trained, "reused_seconds": reused, "ratio": trained / reused}
 
 
 def main(argv=None):
@@ -166,8 +218,21 @@ def main(argv=None):
     print(f"CPU ms per image at the profile's settings: deepinversion {cost['deepinversion']:.0f}; "
           + "; ".join(f"{m} {cost[f'{m}_at_{n}']:.1f} over {n:,} images "
                       f"(deepinversion {cost[f'deepinversion_over_{m}_at_{n}']:.0f}x)"
-                      for m in ("inversion", "tldr") for n in AMORTISED)
-          + f" -> {config.run_dir(args.profile) / 'bench.json'}")
+                      for m in ("inversion", "tldr") for n in AMORTISED))
+    r["sweep"] = side = sweep_side_by_side(args.profile)
+    print(f"sweep runner: {side['cells']} TLDR generator cells of {side['steps_per_cell']} steps (batch "
+          f"{side['batch_size']}, CNN and MLP targets) on {side['cores']} cores")
+    print(f"{'backend':<12}{'workers':>8}{'threads':>8}{'wall s':>9}{'CPU s':>9}{'steps/s':>9}{'peak MiB':>10}")
+    for backend in ("inline", "processes"):
+        b = side[backend]
+        print(f"{backend:<12}{b['workers']:>8}{b['threads_per_cell']:>8}{b['wall_seconds']:>9.1f}"
+              f"{b['cpu_seconds']:>9.1f}{b['steps_per_second']:>9.2f}{b['peak_mib']:>10.0f}")
+    print(f"inline wall / processes wall: {side['inline_over_processes']:.2f}x")
+    r["reuse"] = reuse = reuse_side_by_side(args.profile)
+    print(f"a TLDR attack of {reuse['steps']} steps: trained anew {reuse['trained_seconds']:.1f}s, drawn again from "
+          f"its cached generator {reuse['reused_seconds']:.2f}s ({reuse['ratio']:.0f}x)")
+    store.write_json(config.run_dir(args.profile) / "bench.json", r)
+    print(f"-> {config.run_dir(args.profile) / 'bench.json'}")
 
 
 if __name__ == "__main__":
