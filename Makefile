@@ -3,12 +3,14 @@
 ## Variables: PROFILE=smoke|cpu|paper picks the scale (default cpu; only a full cpu run updates figures/ and the README);
 ##            DATASETS="mnist fashion_mnist" limits the data (make data DATASETS="svhn cifar10" fetches others);
 ##            WORKERS=2 runs the sweeps' cells in that many local processes, one thread each (default 1: here, every core);
-##            RAY=1 runs them as Ray tasks on a Ray started here, RAY_ADDRESS=auto|host:port on a running one.
+##            RAY=1 runs them as Ray tasks on a Ray started here, RAY_ADDRESS=auto|host:port on a running one;
+##            GPU_PER_CELL=0.25 lets four cells share one GPU on Ray.
 
 PROFILE ?= cpu
 DATASETS ?=
 WORKERS ?= 1
 RAY ?=
+GPU_PER_CELL ?= 0
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,7 +19,7 @@ OFFLINE_DATA := mnist fashion_mnist
 empty :=
 space := $(empty) $(empty)
 comma := ,
-SWEEP_ENV := TLDR_WORKERS=$(WORKERS) $(if $(RAY),RAY_ADDRESS=$(or $(RAY_ADDRESS),local))
+SWEEP_ENV := TLDR_WORKERS=$(WORKERS) TLDR_GPU_PER_CELL=$(GPU_PER_CELL) $(if $(RAY),RAY_ADDRESS=$(or $(RAY_ADDRESS),local))
 OVERRIDES := $(if $(DATASETS),-y "overrides: {datasets: [$(subst $(space),$(comma),$(strip $(DATASETS)))]}")
 
 .PHONY: help setup data figures test bench clean
@@ -48,13 +50,16 @@ figures: data  ## run every notebook through papermill into runs/<profile>/; a f
 	$(PY) -m tldr_utils.report --profile $(PROFILE) $(if $(DATASETS),--datasets $(DATASETS)); \
 	echo "figures: $$(ls runs/$(PROFILE)/figures | wc -l) files in runs/$(PROFILE)/figures after $$(( $$(date +%s) - start ))s"
 
+# two test processes of one thread each: a test file (a notebook) stays in one of them
+TWO_WORKERS := OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+
 test: data  ## unit tests, then every notebook under nbval at the smoke profile
-	$(PY) -m pytest tests -q
+	$(TWO_WORKERS) tests -q
 	@rm -rf runs/smoke/nbval && mkdir -p runs/smoke/nbval
 	@for nb in $(NOTEBOOKS); do \
 		$(PY) -m papermill --prepare-only $$nb runs/smoke/nbval/$$(basename $$nb) -p profile smoke --log-level WARNING || exit 1; \
 	done
-	$(PY) -m pytest --nbval-lax --nbval-current-env runs/smoke/nbval -q
+	$(TWO_WORKERS) --nbval-lax --nbval-current-env runs/smoke/nbval -q
 
 bench: data  ## cost of an inversion step, a TLDR step and sampling: median and range of 5 repeats, CPU time, peak memory
 	$(PY) -m tldr_utils.bench --profile $(PROFILE)

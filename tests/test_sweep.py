@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tldr_utils import sweep
 
@@ -94,8 +95,25 @@ def test_backend_from_the_environment(monkeypatch):
         sweep.backend_from_env()
     monkeypatch.delenv("TLDR_WORKERS")
     assert sweep.backend_from_env() == ("inline", 1)
-    assert sweep.Cell("m:f").cpus == len(os.sched_getaffinity(0))  # one cell at a time: every core
+    assert sweep.Cell("m:f").cpus == torch.get_num_threads()  # one cell at a time: the threads it has
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     assert sweep.Cell("m:f").cpus == 1
+    monkeypatch.setenv("TLDR_GPU_PER_CELL", "0.25")
+    assert sweep.Cell("m:f").gpu == 0.25
+    monkeypatch.setenv("TLDR_GPU_PER_CELL", "half")
+    with pytest.raises(ValueError, match="TLDR_GPU_PER_CELL must be a fraction"):
+        sweep.Cell("m:f")
     with pytest.raises(ValueError, match="unknown backend 'spark'"):
         sweep.run([], backend="spark")
+
+
+def test_the_bench_sets_the_backends_side_by_side():
+    from tldr_utils import bench
+
+    side = bench.sweep_side_by_side("smoke", k=2, steps=2)
+    for backend in ("inline", "processes"):
+        assert side[backend]["wall_seconds"] > 0 and side[backend]["cpu_seconds"] > 0
+        assert side[backend]["steps_per_second"] == pytest.approx(4 / side[backend]["wall_seconds"])
+    assert side["processes"]["threads_per_cell"] == 1
+    assert side["inline_over_processes"] == pytest.approx(side["inline"]["wall_seconds"]
+                                                          / side["processes"]["wall_seconds"])

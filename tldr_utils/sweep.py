@@ -48,13 +48,14 @@ class Cell:
     """One unit of a sweep: ``task`` ("package.module:function") called with ``args``.
 
     ``cpus`` is also the number of threads the cell runs with (default ``default_cpus()``); ``gpu`` a fraction of one
-    GPU (0.25: four such cells share a GPU); ``memory_gb`` what Ray reserves for it.
+    GPU (0.25: four such cells share a GPU; default ``TLDR_GPU_PER_CELL``, else 0); ``memory_gb`` what Ray
+    reserves for it.
     ``label`` is how progress and errors name it (default: its task and arguments)."""
 
     task: str
     args: dict = field(default_factory=dict)
     cpus: int = field(default_factory=lambda: default_cpus())
-    gpu: float = 0.0
+    gpu: float = field(default_factory=lambda: default_gpu())
     memory_gb: float = 2.0
     label: str = ""
 
@@ -126,10 +127,23 @@ def _guarded(cell: Cell):
 
 
 def default_cpus() -> int:
-    """Threads for a cell: the machine's cores shared among the local workers (``TLDR_WORKERS``),
-    all of them when cells run one after another here; one on Ray, which packs cells by their CPUs."""
+    """Threads for a cell: this process's own (torch's, as ``OMP_NUM_THREADS`` sets them) when cells run
+    here one after another, shared among the local workers (``TLDR_WORKERS``), one on Ray (which packs
+    cells by their CPUs). More threads than cores would make every one of them wait on the others."""
     backend, workers = backend_from_env()
-    return 1 if backend == "ray" else max(1, len(os.sched_getaffinity(0)) // workers)
+    return 1 if backend == "ray" else max(1, torch.get_num_threads() // workers)
+
+
+def default_gpu() -> float:
+    """The fraction of a GPU a cell asks Ray for: ``TLDR_GPU_PER_CELL`` (e.g. 0.25), else none."""
+    value = os.environ.get("TLDR_GPU_PER_CELL", "0")
+    try:
+        gpu = float(value)
+    except ValueError:
+        gpu = -1.0
+    if not 0 <= gpu <= 1:
+        raise ValueError(f"TLDR_GPU_PER_CELL must be a fraction of one GPU between 0 and 1, got {value!r}")
+    return gpu
 
 
 def backend_from_env() -> tuple[str, int]:
