@@ -50,16 +50,13 @@ figures: data  ## run every notebook through papermill into runs/<profile>/; a f
 	$(PY) -m tldr_utils.report --profile $(PROFILE) $(if $(DATASETS),--datasets $(DATASETS)); \
 	echo "figures: $$(ls runs/$(PROFILE)/figures | wc -l) files in runs/$(PROFILE)/figures after $$(( $$(date +%s) - start ))s"
 
-# two test processes of one thread each: a test file (a notebook) stays in one of them
-TWO_WORKERS := OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
-
 test: data  ## unit tests, then every notebook under nbval at the smoke profile
-	$(TWO_WORKERS) tests -q
+	$(PY) -m pytest tests -q
 	@rm -rf runs/smoke/nbval && mkdir -p runs/smoke/nbval
 	@for nb in $(NOTEBOOKS); do \
 		$(PY) -m papermill --prepare-only $$nb runs/smoke/nbval/$$(basename $$nb) -p profile smoke --log-level WARNING || exit 1; \
 	done
-	$(TWO_WORKERS) --nbval-lax --nbval-current-env runs/smoke/nbval -q
+	$(PY) -m pytest --nbval-lax --nbval-current-env runs/smoke/nbval -q
 
 bench: data  ## cost of an inversion step, a TLDR step and sampling: median and range of 5 repeats, CPU time, peak memory
 	$(PY) -m tldr_utils.bench --profile $(PROFILE)
