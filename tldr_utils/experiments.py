@@ -219,11 +219,9 @@ def attack_cell(folder, attack: str, target: dict, judge: dict, settings: dict, 
     ``train_cpu_seconds`` and ``sample_cpu_seconds_per_image``)."""
     net, _ = targets.train(folder, **target)
     judge_net, _ = targets.train(folder, **judge)
-    train, test = data.load_dataset(target["dataset"], "train"), data.load_dataset(target["dataset"], "test")
+    train = data.load_dataset(target["dataset"], "train")
     device = config.device(target)
-    idx = targets.training_indices(train, target["train_size"], target["seed"])
-    held = data.heldout_indices(test.labels, heldout_per_class, target["seed"])
-    refs = {"train": (train.float()[idx], train.labels[idx]), "heldout": (test.float()[held], test.labels[held])}
+    refs = reference_sets(target["dataset"], target["train_size"], target["seed"], heldout_per_class)
     stats = (class_statistics(net, *refs["train"], device=device)
              if "class_stats" in attacks.get(attack).needs else None)
     r = attacks.reconstruct(attack, net, train.images.shape[1:], len(train.classes), per_class, settings,

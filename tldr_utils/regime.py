@@ -209,7 +209,7 @@ def tabulate(done: dict, draws: int, recon_per_class: int) -> tuple[pd.DataFrame
         if r.tensors:
             a = c.args
             recon[a["dataset"], a["arch"], a["regime"], a["per_class"], a["seed"], a["attack"]] = (
-                r.tensors["images"], r.tensors["labels"], a["seeds"])
+                r.tensors["images"], r.tensors["labels"])
     trained = pd.DataFrame([row for r in done.values() for row in r.rows]).drop_duplicates()
     rows = []
     groups = list(dict.fromkeys((c.args["dataset"], c.args["arch"], c.args["regime"], c.args["per_class"])
@@ -228,12 +228,12 @@ def tabulate(done: dict, draws: int, recon_per_class: int) -> tuple[pd.DataFrame
             for name in names:
                 if (dataset, arch, kind, n, seed, name) not in recon:
                     continue
-                images, labels, _ = recon[dataset, arch, kind, n, seed, name]
+                images, labels = recon[dataset, arch, kind, n, seed, name]
                 rows.append({**cell, "seed": seed, "attack": name, "source": "attack", "draw": 0,
                              **leakage(images, labels, train, ref)})
                 for other in seeds:
                     if other != seed and (dataset, arch, kind, n, other, name) in recon:
-                        o_images, o_labels, _ = recon[dataset, arch, kind, n, other, name]
+                        o_images, o_labels = recon[dataset, arch, kind, n, other, name]
                         rows.append({**cell, "seed": seed, "attack": name, "source": "cross", "draw": other,
                                      **leakage(o_images, o_labels, train, ref)})
             for d in range(draws):
