@@ -290,3 +290,13 @@ def test_a_cached_generator_serves_another_number_of_samples(tmp_path, monkeypat
     assert again.cost["cpu_seconds"] >= first.cost["train_cpu_seconds"] and again.cost["generator_reused"]
     with pytest.raises(AssertionError, match="trained again"):  # another training setting is another generator
         attacks.reconstruct("tldr", target, (1, 8, 8), 10, 3, {**settings, "lr": 0.01}, seed=4, cache=tmp_path)
+
+
+def test_batch_statistics_distance_matches_torchs_variance():
+    torch.manual_seed(0)
+    layer = torch.nn.BatchNorm2d(3)
+    x = torch.randn(16, 3, 5, 5) * 2 + 1
+    mean, var = torch.randn(3), torch.rand(3)
+    expected = torch.norm(x.mean((0, 2, 3)) - mean) + torch.norm(x.var((0, 2, 3), unbiased=False) - var)
+    got = inversion.stats_distance([(layer, x)], [(mean, var)], 1.0)
+    assert torch.isclose(got, expected, atol=1e-5)

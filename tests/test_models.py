@@ -72,3 +72,24 @@ def test_hot_matrix_on_a_smaller_map_keeps_every_class_apart(side):
     assert (m.flatten(1).sum(1) > 0).all()  # no class is left an empty matrix
     assert torch.cdist(m.flatten(1), m.flatten(1)).add(torch.eye(10)).min() > 0  # and no two share one
     assert torch.equal(hot_matrix(torch.arange(10), 10, (10, 10)), hot_matrix(torch.arange(10), 10))
+
+
+def test_dropout_zeroes_a_share_p_and_keeps_the_mean():
+    from tldr_utils.models import dropout
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = dropout(x, 0.3)
+    assert abs((y == 0).float().mean().item() - 0.3) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(dropout(x, 0.3, training=False), x)
+    with pytest.raises(ValueError, match="1.0"):
+        dropout(x, 1.0)
+
+
+def test_classifier_dropout_follows_train_and_eval():
+    net = build_classifier("cnn", (1, 28, 28))
+    x = torch.rand(4, 1, 28, 28)
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    net.train()
+    assert not torch.equal(net(x), net(x))

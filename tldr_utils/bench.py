@@ -16,7 +16,8 @@ profile's batch, on untrained CNN and MLP targets) run one after another in this
 every core, and on one local worker process per core with one thread each; with the wall and
 CPU seconds of each (workers included), the generator steps per second, the peak resident
 memory of any one process, and the ratio of the wall times. And a generator attack drawn from
-a generator cached by an earlier run against one trained anew (``attacks.generator``).
+a generator cached by an earlier run against one trained anew (``attacks.generator``). And an
+inversion generator step with torch's dropout against the library's cheaper mask draw.
 
 Run as ``python -m tldr_utils.bench --profile cpu``; writes ``runs/<profile>/bench.json``.
 """
@@ -34,7 +35,7 @@ import time
 
 import torch
 
-from . import attacks, config, inversion, store, sweep
+from . import attacks, config, inversion, models, store, sweep
 from .models import build_classifier
 
 CASES = ("inversion", "tldr", "sampling", "deepinversion")
@@ -190,6 +191,29 @@ def reuse_side_by_side(profile: str, steps: int = 40) -> dict:
     return {"steps": steps, "trained_seconds": trained, "reused_seconds": reused, "ratio": trained / reused}
 
 
+def dropout_side_by_side(profile: str, steps: int = 20) -> dict:
+    """Inversion generator steps with torch's own dropout (``F.dropout``, a ``bernoulli_`` mask)
+    against the library's (``models.dropout``, a ``torch.rand`` mask), in this process."""
+    cfg = config.settings(profile, config.GENERATOR_SECTIONS["inversion"])
+    torch.manual_seed(0)
+    net = build_classifier("cnn", (1, 28, 28)).eval()
+    kwargs = _generator_kwargs(cfg, config.device(cfg))
+    out = {"steps": steps, "batch_size": cfg.batch_size}
+    for name, fn in (("torch", lambda x, p, training=True: torch.nn.functional.dropout(x, p, training)),
+                     ("library", models.dropout)):
+        original, models.dropout = models.dropout, fn
+        try:
+            inversion.train_generator(net, (1, 28, 28), 10, cfg.weights, steps=2, **kwargs)  # warm-up
+            wall, cpu = time.perf_counter(), time.process_time()
+            inversion.train_generator(net, (1, 28, 28), 10, cfg.weights, steps=steps, **kwargs)
+            out[name] = {"wall_ms_per_step": (time.perf_counter() - wall) / steps * 1e3,
+                         "cpu_ms_per_step": (time.process_time() - cpu) / steps * 1e3}
+        finally:
+            models.dropout = original
+    out["torch_over_library"] = out["torch"]["wall_ms_per_step"] / out["library"]["wall_ms_per_step"]
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=config.DEFAULT_PROFILE, choices=config.profiles())
@@ -231,6 +255,11 @@ def main(argv=None):
     r["reuse"] = reuse = reuse_side_by_side(args.profile)
     print(f"a TLDR attack of {reuse['steps']} steps: trained anew {reuse['trained_seconds']:.1f}s, drawn again from "
           f"its cached generator {reuse['reused_seconds']:.2f}s ({reuse['ratio']:.0f}x)")
+    r["dropout"] = drop = dropout_side_by_side(args.profile)
+    print(f"an inversion generator step (batch {drop['batch_size']}) with torch's dropout "
+          f"{drop['torch']['wall_ms_per_step']:.0f} ms (CPU {drop['torch']['cpu_ms_per_step']:.0f}), with the "
+          f"library's {drop['library']['wall_ms_per_step']:.0f} ms (CPU {drop['library']['cpu_ms_per_step']:.0f}): "
+          f"{drop['torch_over_library']:.2f}x")
     store.write_json(config.run_dir(args.profile) / "bench.json", r)
     print(f"-> {config.run_dir(args.profile) / 'bench.json'}")
 

@@ -130,7 +130,10 @@ def stats_distance(captured, reference, first_multiplier: float) -> torch.Tensor
     total = torch.zeros(())
     for i, ((_, x), (mean, var)) in enumerate(zip(captured, reference)):
         dims = [0] + list(range(2, x.dim()))
-        d = torch.norm(x.mean(dims) - mean, 2) + torch.norm(x.var(dims, unbiased=False) - var, 2)
+        # the variance from the first two moments: torch.var over (0, 2, 3) is ten times slower on CPU
+        m = x.mean(dims)
+        v = ((x * x).mean(dims) - m * m).clamp_min(0)
+        d = torch.norm(m - mean, 2) + torch.norm(v - var, 2)
         total = total + (first_multiplier if i == 0 else 1.0) * d
     return total
 

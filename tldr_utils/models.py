@@ -15,6 +15,24 @@ ARCHS = ("mlp", "cnn", "vit")
 CONDITIONINGS = ("label", "vector", "matrix", "vector_matrix")
 
 
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout, as ``F.dropout``, with its mask drawn by ``torch.rand``: on CPU,
+    torch's ``bernoulli_`` takes four times as long, and the generator and the TLDR
+    target draw masks at every step (``make bench`` shows the two side by side)."""
+    if not training or p == 0:
+        return x
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return x * (torch.rand_like(x) >= p) * (1 / (1 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same state, same ``train``/``eval``) drawing its mask with ``dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -27,7 +45,7 @@ class MLP(Classifier):
         super().__init__()
         layers, width = [nn.Flatten()], in_shape[0] * in_shape[1] * in_shape[2]
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.LeakyReLU(0.2), Dropout(dropout)]
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
@@ -47,9 +65,9 @@ class CNN(Classifier):
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2), nn.MaxPool2d(2)]
 
         self.body = nn.Sequential(
-            *block(c, width), *block(width, 2 * width), nn.Dropout(dropout / 2),
+            *block(c, width), *block(width, 2 * width), Dropout(dropout / 2),
             nn.Flatten(), nn.Linear(2 * width * (h // 4) * (w // 4), 128), nn.BatchNorm1d(128),
-            nn.LeakyReLU(0.2), nn.Dropout(dropout))
+            nn.LeakyReLU(0.2), Dropout(dropout))
         self.head = nn.Linear(128, num_classes)
 
     def features(self, x):
@@ -242,9 +260,9 @@ class Generator(nn.Module):
         x = z
         if self.uses_vector:
             x = torch.cat([z, self.embed(condition)], 1)
-        x = F.dropout(self.lift(x), self.dropout, training=True).view(len(z), self.width, *self.base)
+        x = dropout(self.lift(x), self.dropout).view(len(z), self.width, *self.base)
         if self.uses_matrix:
             x = torch.cat([x, hot_matrix(labels, self.num_classes, self.base)[:, None]], 1)
         # dropout at the coarse resolutions only: at full resolution it would be pixel noise
-        x = F.dropout(self.up1(x), self.dropout, training=True)
+        x = dropout(self.up1(x), self.dropout)
         return torch.sigmoid(self.out(self.up2(x)))
