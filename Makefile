@@ -50,8 +50,10 @@ figures: data  ## run every notebook through papermill into runs/<profile>/; a f
 	$(PY) -m tldr_utils.report --profile $(PROFILE) $(if $(DATASETS),--datasets $(DATASETS)); \
 	echo "figures: $$(ls runs/$(PROFILE)/figures | wc -l) files in runs/$(PROFILE)/figures after $$(( $$(date +%s) - start ))s"
 
-# two test processes of one thread each (two threads each would slow both down many times over)
+# two test processes of one thread each (two threads each would slow both down many times over);
+# the notebook that only draws what 02 and 03 saved runs after the others
 TWO_PROCESSES := OMP_NUM_THREADS=1 $(PY) -m pytest -n 2
+DRAWS_ONLY := 05_make_figures.ipynb
 
 test: data  ## unit tests, then every notebook under nbval at the smoke profile, in two processes
 	$(TWO_PROCESSES) --dist loadfile tests -q
@@ -59,7 +61,9 @@ test: data  ## unit tests, then every notebook under nbval at the smoke profile,
 	@for nb in $(NOTEBOOKS); do \
 		$(PY) -m papermill --prepare-only $$nb runs/smoke/nbval/$$(basename $$nb) -p profile smoke --log-level WARNING || exit 1; \
 	done
-	$(TWO_PROCESSES) --dist loadgroup --nbval-lax --nbval-current-env runs/smoke/nbval -q
+	$(TWO_PROCESSES) --dist loadfile --nbval-lax --nbval-current-env -q \
+		$(filter-out %/$(DRAWS_ONLY),$(addprefix runs/smoke/nbval/,$(notdir $(NOTEBOOKS))))
+	$(PY) -m pytest --nbval-lax --nbval-current-env -q runs/smoke/nbval/$(DRAWS_ONLY)
 
 bench: data  ## cost of an inversion step, a TLDR step and sampling: median and range of 5 repeats, CPU time, peak memory
 	$(PY) -m tldr_utils.bench --profile $(PROFILE)
