@@ -148,15 +148,21 @@ def test_class_statistics_are_each_class_s_own_over_all_its_batches():
     assert not torch.allclose(stats[0][0][0], stats[1][0][0])
 
 
-def test_precision_and_recall_tell_realism_from_coverage():
+def test_realism_tells_realistic_from_collapsed_and_far_samples():
     gen = torch.Generator().manual_seed(0)
-    real = torch.randn(200, 2, generator=gen)
-    assert metrics.precision_recall(real, torch.randn(200, 2, generator=gen)) > (0.8, 0.8)
-    one_corner = torch.randn(200, 2, generator=gen) * 0.1  # realistic but collapsed: precision high, recall low
-    p, r = metrics.precision_recall(real, one_corner)
-    assert p > 0.9 and r < 0.5
-    far = torch.randn(200, 2, generator=gen) + 10  # neither
-    assert metrics.precision_recall(real, far) == (0.0, 0.0)
+    labels = torch.arange(2).repeat_interleave(200)
+    real = torch.randn(400, 4, generator=gen) + 5 * labels[:, None]
+    alike = metrics.realism(real, labels, torch.randn(400, 4, generator=gen) + 5 * labels[:, None], labels)
+    assert min(alike["precision"], alike["recall"], alike["coverage"]) > 0.8 and alike["fid"] < 0.5
+    collapsed = metrics.realism(real, labels, 0.1 * torch.randn(400, 4, generator=gen) + 5 * labels[:, None], labels)
+    assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.5 and collapsed["coverage"] < 0.5
+    assert collapsed["fid"] > alike["fid"]
+    far = metrics.realism(real, labels, torch.randn(400, 4, generator=gen) + 20, labels)
+    assert far["precision"] == far["recall"] == far["density"] == far["coverage"] == 0.0
+    assert far["fid"] > 100
+    assert alike["realism_k"] == 5 and metrics.realism(real[:204], labels[:204], real, labels)["realism_k"] == 2
+    with pytest.raises(ValueError, match="class 1 has 2 real"):
+        metrics.realism(real[:202], labels[:202], real, labels)
 
 
 def test_paired_leakage_tells_copies_from_fresh_images():

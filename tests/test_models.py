@@ -15,8 +15,8 @@ def test_classifiers_map_images_to_logits_through_features(arch, shape):
 
 
 def test_unknown_architecture_names_the_choices():
-    with pytest.raises(ValueError, match=r"'resnet'.*mlp, cnn, vit"):
-        build_classifier("resnet", (1, 28, 28))
+    with pytest.raises(ValueError, match=r"'densenet'.*mlp, cnn, vit, resnet"):
+        build_classifier("densenet", (1, 28, 28))
 
 
 def test_cnn_refuses_sides_it_cannot_pool():

@@ -178,7 +178,7 @@ def test_the_makefile_leaves_publishing_to_the_report():
     ("invert", {"hot": "yes"}, r"hot must be true or false; got 'yes'"),
     ("invert", {"train_size": 0}, r"train_size must be a whole number >= 1, or null"),
     ("reconstruct", {"generator_seed": -1}, r"generator_seed must be a whole number >= 0, or null"),
-    ("train_targets", {"archs": ["resnet"]}, r"archs must be a non-empty list, each one of mlp, cnn, vit"),
+    ("train_targets", {"archs": ["densenet"]}, r"archs must be a non-empty list, each one of mlp, cnn, vit, resnet"),
     ("evaluate", {"seeds": []}, r"seeds must be a non-empty list"),
     ("evaluate", {"methods": ["nope"]}, r"methods must be a non-empty list, each one of inversion, tldr"),
     ("make_figures", {"rows": 0}, r"rows must be a whole number >= 1"),
@@ -257,7 +257,7 @@ def test_nan_images_are_refused_up_front():
 def test_training_a_target_says_what_and_how_long(runs, capsys):
     targets.get_evaluator("smoke", "digits", "cnn")
     out = capsys.readouterr().out
-    assert re.search(r"training digits/vit/n=\d+/seed=1 for 15 steps of 32 -> .*targets", out)
+    assert re.search(r"training digits/resnet/n=\d+/seed=1 for 15 steps of 32 -> .*targets", out)
     x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
     targets.train_classifier(targets.build_classifier("mlp", (1, 8, 8)), x, y, 25, 16, 1e-3, 0, announce=True,
                              desc="judge")

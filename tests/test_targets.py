@@ -39,8 +39,8 @@ def test_training_beats_the_untrained_control(runs):
 
 
 def test_evaluator_is_another_architecture_and_seed():
-    assert targets.get_evaluator_arch("cpu", "cnn") == "vit"
-    assert targets.get_evaluator_arch("cpu", "vit") != "vit"
+    assert targets.get_evaluator_arch("cpu", "cnn") == "resnet"
+    assert targets.get_evaluator_arch("cpu", "resnet") != "resnet"
 
 
 def test_random_shift_moves_each_image_by_its_own_offset_within_bounds():
@@ -58,11 +58,11 @@ def test_random_shift_moves_each_image_by_its_own_offset_within_bounds():
 def test_evaluator_is_trained_with_its_own_steps_and_shifts(runs):
     _, meta = targets.get_evaluator("smoke", "digits", "cnn")
     cfg = config.settings("smoke", "train_targets")
-    assert (meta["arch"], meta["seed"], meta["steps"], meta["shift"]) == ("vit", cfg.eval_seed, cfg.eval_steps,
+    assert (meta["arch"], meta["seed"], meta["steps"], meta["shift"]) == ("resnet", cfg.eval_seed, cfg.eval_steps,
                                                                           cfg.eval_shift)
-    _, plain = targets.get_target("smoke", "digits", "vit", None, cfg.eval_seed)
+    _, plain = targets.get_target("smoke", "digits", "resnet", None, cfg.eval_seed)
     assert "shift" not in plain  # unaugmented targets keep their settings and cache names
-    assert len(list((runs / "targets").glob("digits_vit_nall_s1_*.safetensors"))) == 2
+    assert len(list((runs / "targets").glob("digits_resnet_nall_s1_*.safetensors"))) == 2
 
 
 def test_shift_augmentation_changes_training():

@@ -147,7 +147,7 @@ def answers(frame: pd.DataFrame, attacks) -> list[str]:
 
 
 # the audit's numbers that the comparison keeps
-KEEP = ("target_accuracy", "evaluator_accuracy", "precision", "recall", "within_class_ssim", "nn_ssim_train",
+KEEP = ("target_accuracy", "evaluator_accuracy", "precision", "recall", "density", "coverage", "fid", "within_class_ssim", "nn_ssim_train",
         "nn_ssim_gap", "membership_auc", "membership_auc_lo", "membership_auc_hi", "l2_diff", "wall_seconds")
 
 

@@ -9,7 +9,7 @@ two controls that cannot leak: real held-out images the model never saw
 The verdict rests on paired comparisons with intervals (``metrics.paired_leakage``):
 do the same reconstructions sit closer to the training images than to held-out
 ones, and do they single training images out (membership AUC)? Realism and
-coverage are the improved precision and recall in the feature space of an
+coverage are ``metrics.realism`` (precision, recall, density, coverage and an FID) in the feature space of an
 evaluation classifier trained on the training images; ``copying_z`` is in the
 table for reference but measures how smooth images are as much as leakage, so
 the verdict never uses it.
@@ -84,8 +84,8 @@ def _check_images(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def get_evaluator(images, labels, profile: str, seed: int, device, steps: int) -> torch.nn.Module:
-    """The independent judge for an audit: the profile's evaluation architecture (a ViT
-    where the image sides allow it, else an MLP) trained on the training images, cached in
+    """The independent judge for an audit: the profile's evaluation architecture (where the image
+    sides are multiples of 4, else an MLP) trained on the training images, cached in
     ``runs/<profile>/evaluators`` under a hash of the data and its settings."""
     cfg = config.settings(profile, "train_targets")
     shape, num_classes = tuple(images.shape[1:]), int(labels.max()) + 1

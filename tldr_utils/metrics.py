@@ -181,30 +181,41 @@ def synthetic_utility(images, labels, test_images, test_labels, arch: str = "cnn
 
 
 # ----------------------------------------------------------------- realism, coverage and a paired verdict
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) of feature vectors ``fake``
-    against ``real``: each set's manifold is the union of balls reaching every point's ``k``-th
-    nearest neighbour in its own set. Precision is the share of ``fake`` inside the real
-    manifold (they look real), recall the share of ``real`` inside the fake one (they cover
-    the real variety). Report both: either alone is easy to game."""
+def realism(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor,
+            k: int = 5) -> dict[str, float]:
+    """How real feature vectors ``fake`` look beside ``real`` (both N x D, e.g. a judge's
+    ``penultimate_features``), by two kept implementations:
+
+    - ``precision``, ``recall``, ``density`` and ``coverage`` (Naeem et al. 2020, package
+      ``prdc``), within each class of ``fake_labels`` against the real vectors of that class,
+      averaged over the classes. Precision and density: the fake vectors fall where real ones
+      are; recall and coverage: they reach the real variety. ``k`` is the neighbourhood size,
+      lowered (``realism_k`` says to what) where a class has fewer than ``k + 2`` vectors.
+    - ``fid``: the Frechet distance between the two sets' Gaussian fits, all classes together,
+      computed by torch-fidelity from their means and covariances (an FID in this feature space;
+      0 for identical distributions).
+    """
+    from prdc import compute_prdc
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
     real, fake = real.flatten(1).double(), fake.flatten(1).double()
-    if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision and recall with k={k} need more than {k} real and generated points, "
-                         f"got {len(real)} and {len(fake)}")
+    groups = [(c, real[real_labels == c], fake[fake_labels == c]) for c in fake_labels.unique().tolist()]
+    for c, r, f in groups:
+        if min(len(r), len(f)) < 3:
+            raise ValueError(f"realism needs at least 3 real and 3 generated vectors of each class; "
+                             f"class {c} has {len(r)} real and {len(f)} generated")
+    # prdc needs k + 2 vectors of a class on each side: small sets (a quick audit) use a smaller k, reported
+    k = min(k, *(min(len(r), len(f)) - 2 for _, r, f in groups))
+    per_class = [compute_prdc(r.numpy(), f.numpy(), nearest_k=k) for _, r, f in groups]
+    out = {m: float(np.mean([v[m] for v in per_class])) for m in ("precision", "recall", "density", "coverage")}
+    out["realism_k"] = k
 
-    def radii(x):  # distance to the k-th nearest other point
-        return torch.cdist(x, x).kthvalue(k + 1, dim=1).values
+    def fit(x):
+        x = x.numpy()
+        return {"mu": x.mean(0), "sigma": np.cov(x, rowvar=False)}
 
-    cross = torch.cdist(fake, real)  # fake x real
-    precision = (cross <= radii(real)[None, :]).any(1).double().mean().item()
-    recall = (cross <= radii(fake)[:, None]).any(0).double().mean().item()
-    return precision, recall
-
-
-def precision_recall_by_class(real, real_labels, fake, fake_labels, k: int = 3) -> tuple[float, float]:
-    """``precision_recall`` within each class (against real images of the same class), averaged."""
-    values = [precision_recall(real[real_labels == c], fake[fake_labels == c], k) for c in fake_labels.unique()]
-    return float(np.mean([p for p, _ in values])), float(np.mean([r for _, r in values]))
+    out["fid"] = float(fid_statistics_to_metric(fit(real), fit(fake), verbose=False)[KEY_METRIC_FID])
+    return out
 
 
 def wilcoxon_p(diff: np.ndarray) -> float:
@@ -253,7 +264,7 @@ def paired_leakage(recon, recon_labels, train, train_labels, heldout, heldout_la
 @torch.no_grad()
 def penultimate_features(net, images: torch.Tensor, device="cpu", batch_size: int = 500) -> torch.Tensor:
     """What enters the last ``nn.Linear`` of ``net`` for each image (its penultimate features),
-    read by a forward hook: the space for precision and recall."""
+    read by a forward hook: the space ``realism`` measures in."""
     from .hooks import Features, feature_input
 
     layer = feature_input(net)
@@ -271,7 +282,7 @@ def penultimate_features(net, images: torch.Tensor, device="cpu", batch_size: in
 def attack_scores(images, labels, model, judge, train, reference, real_features=None, seed: int = 0,
                   resamples: int = 1000, device="cpu") -> dict:
     """Everything measured on one set of reconstructions (or a control): the target's and the
-    independent ``judge``'s accuracy, precision and recall in the judge's feature space against
+    independent ``judge``'s accuracy, ``realism`` in the judge's feature space against
     the real ``reference`` images (held out, same classes), within-class SSIM, the leakage
     report against ``train`` and ``reference``, and the paired leakage with its intervals.
     ``train`` and ``reference`` are pairs (images, labels)."""
@@ -279,11 +290,9 @@ def attack_scores(images, labels, model, judge, train, reference, real_features=
         real_features = penultimate_features(judge, reference[0], device)
     leak = leakage_report(images, labels, *train, *reference, seed=seed)
     paired = paired_leakage(images, labels, *train, *reference, seed, resamples)
-    precision, recall = precision_recall_by_class(real_features, reference[1],
-                                                  penultimate_features(judge, images, device), labels)
     scores = {"target_accuracy": targets.accuracy(model, images, labels, device),
               "evaluator_accuracy": targets.accuracy(judge, images, labels, device),
-              "precision": precision, "recall": recall}
+              **realism(real_features, reference[1], penultimate_features(judge, images, device), labels)}
     scores |= {k: leak[k] for k in ("within_class_ssim", "nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap",
                                     "identifiability", "copying_z")}
     return scores | paired

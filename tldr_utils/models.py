@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("mlp", "cnn", "vit")
+ARCHS = ("mlp", "cnn", "vit", "resnet")
 CONDITIONINGS = ("label", "vector", "matrix", "vector_matrix")
 
 
@@ -96,6 +96,38 @@ class ViT(Classifier):
         t = self.embed(x * 2 - 1).flatten(2).transpose(1, 2)
         t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1) + self.pos
         return self.norm(self.encoder(t)[:, 0])
+
+
+class _BasicBlock(nn.Module):
+    """Two 3 x 3 convolutions with batch norm, added to the input (a 1 x 1 projection where the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class ResNet(Classifier):
+    """A small residual network (He et al. 2016): a 3 x 3 stem, then one basic block at each of
+    three widths, the last two halving the side, and global average pooling. The default judge of
+    reconstructions: an architecture no target uses, and stronger than the targets."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int = 10, widths=(16, 32, 64)):
+        super().__init__()
+        c = in_shape[0]
+        layers = [nn.Conv2d(c, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        for i, w in enumerate(widths):
+            layers.append(_BasicBlock(widths[max(i - 1, 0)], w, 1 if i == 0 else 2))
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def features(self, x):
+        return self.body(x * 2 - 1)
 
 
 class HomogeneousMLP(Classifier):
@@ -193,7 +225,7 @@ def split_points(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
 
 def build_classifier(arch: str, in_shape, num_classes: int = 10) -> Classifier:
     """The classifier called ``arch`` (one of ARCHS) for images of ``in_shape`` (C, H, W)."""
-    models = {"mlp": MLP, "cnn": CNN, "vit": ViT}
+    models = {"mlp": MLP, "cnn": CNN, "vit": ViT, "resnet": ResNet}
     if arch not in models:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     c, h, w = in_shape

@@ -21,7 +21,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 README, FIGURES = config.ROOT / "README.md", config.ROOT / "figures"  # what a default run publishes
 LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "membership_auc", "identifiability",
            "evaluator_accuracy"]
-BASELINES = ["evaluator_accuracy", "precision", "recall", "within_class_ssim", "l2_diff", "l2_diff_lo", "l2_diff_hi",
+BASELINES = ["evaluator_accuracy", "precision", "recall", "density", "coverage", "fid", "within_class_ssim", "l2_diff", "l2_diff_lo", "l2_diff_hi",
              "membership_auc", "cpu_seconds_per_image", "synthetic_utility"]  # the columns of 06's table
 ARCHITECTURES = ["evaluator_accuracy", "precision", "recall", "nn_ssim_train", "nn_ssim_gap", "membership_auc",
                  "ssim"]  # the columns of 10's table
