@@ -300,3 +300,20 @@ def test_batch_statistics_distance_matches_torchs_variance():
     expected = torch.norm(x.mean((0, 2, 3)) - mean) + torch.norm(x.var((0, 2, 3), unbiased=False) - var)
     got = inversion.stats_distance([(layer, x)], [(mean, var)], 1.0)
     assert torch.isclose(got, expected, atol=1e-5)
+
+
+def test_diversity_term_punishes_a_generator_that_ignores_its_latent():
+    z = torch.randn(8, 100, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    collapsed = torch.rand(2, 1, 28, 28)[labels] + 1e-4 * torch.randn(8, 1, 28, 28)
+    varied = torch.rand(8, 1, 28, 28)
+    assert inversion.diversity_term(collapsed, z, labels) > 50 * inversion.diversity_term(varied, z, labels)
+    # images of different classes are not compared: one image per class leaves nothing to compare
+    assert inversion.diversity_term(varied[:2], z[:2], torch.tensor([0, 1])) == 0
+
+
+def test_diversity_term_needs_the_latents():
+    x = torch.rand(4, 1, 28, 28)
+    with pytest.raises(ValueError, match="pass z="):
+        inversion.loss_terms(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), x,
+                             torch.eye(10)[:4], {"kl": 1.0, "diversity": 1.0})

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tldr_utils.models import ARCHS, CONDITIONINGS, Generator, build_classifier, hot_matrix
+from tldr_utils.models import ARCHS, CONDITIONINGS, UPSAMPLINGS, Generator, build_classifier, hot_matrix
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -29,10 +29,11 @@ def test_hot_matrix_sets_row_and_column_of_the_class():
     assert m[2].sum() == 4 and m[:, 2].sum() == 4 and m.sum() == 7
 
 
+@pytest.mark.parametrize("upsample", UPSAMPLINGS)
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_generator_outputs_images_in_unit_range(conditioning, shape):
-    G = Generator(shape, 10, conditioning)
+def test_generator_outputs_images_in_unit_range(conditioning, shape, upsample):
+    G = Generator(shape, 10, conditioning, upsample=upsample)
     z = torch.randn(6, G.latent_dim)
     c = torch.arange(6) if conditioning == "label" else torch.softmax(torch.randn(6, 10), 1)
     x = G(z, c)
@@ -58,6 +59,24 @@ def test_generator_dropout_stays_on_while_sampling():
     G = Generator((1, 28, 28), 10, "vector").eval()
     z, c = torch.randn(2, G.latent_dim), torch.softmax(torch.randn(2, 10), 1)
     assert not torch.allclose(G(z, c), G(z, c))
+
+
+def test_resize_upsampling_draws_no_checkerboard():
+    """A transposed convolution of stride 2 and kernel 4 gives the pixels of a 2x2 cell different
+    numbers of kernel taps, so even a constant input comes out with a period-2 pattern; resizing then
+    convolving gives a constant input a constant output away from the border."""
+    torch.manual_seed(0)
+    for upsample, periodic in (("transpose", True), ("resize", False)):
+        G = Generator((1, 28, 28), 10, "vector", upsample=upsample)
+        doubling = G.up1[:-2]  # the doubling layers, without batch norm and ReLU
+        y = doubling(torch.ones(1, doubling[-1].in_channels, 7, 7))[0, :, 2:-2, 2:-2]
+        spread = (y - y.mean((1, 2), keepdim=True)).abs().max().item()
+        assert (spread > 1e-3) == periodic, upsample
+
+
+def test_unknown_upsampling_names_the_choices():
+    with pytest.raises(ValueError, match="'bilinear'.*transpose, resize"):
+        Generator((1, 28, 28), 10, "vector", upsample="bilinear")
 
 
 def test_unknown_conditioning_names_the_choices():

@@ -41,7 +41,7 @@ from .models import Generator
 
 INVERSION_TERMS = ("kl", "ce", "cos", "ortho")
 TLDR_TERMS = INVERSION_TERMS + ("kl_pert", "ce_pert", "tv", "pixel", "grad_norm")
-EXTRA_TERMS = ("bn",)  # not in the paper: a feature-statistics prior, off unless weighted
+EXTRA_TERMS = ("bn", "diversity")  # not in the paper: a feature-statistics prior and mode seeking, off unless weighted
 TERMS = TLDR_TERMS + EXTRA_TERMS
 FEATURE_TERMS = {"cos", "ortho"}  # the terms that read the classifier's penultimate features
 PERTURBATIONS = ("adversarial", "random")  # how the robustness terms perturb an image
@@ -123,6 +123,18 @@ def grad_norm_term(net, logits, labels):
     return sum(g.pow(2).sum() for g in grads)
 
 
+def diversity_term(x, z, labels):
+    """Mode seeking (Mao et al. 2019, MSGAN), within each class: the mean over pairs of images of one
+    class of (distance of their latents) / (distance of the images), both mean absolute differences.
+    Low when different latents give different images: it keeps the generator from ignoring z."""
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    if not same.any():
+        return x.new_zeros(())
+    dx = torch.cdist(x.flatten(1), x.flatten(1), p=1)[same] / x[0].numel()
+    dz = torch.cdist(z, z, p=1)[same] / z.shape[1]
+    return (dz / (dx + 1e-3)).mean()
+
+
 def stats_distance(captured, reference, first_multiplier: float) -> torch.Tensor:
     """Sum over batch-norm layers of ||mean - reference mean|| + ||var - reference var|| of
     what entered them (``captured``: (layer, input) pairs), the first layer counted
@@ -185,8 +197,10 @@ def supported(net, weights: dict, feature_layer: str | None = None) -> tuple[dic
 
 
 def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
-               shift: int = 0, perturbation: str = "random", feature_layer: str | None = None) -> dict[str, torch.Tensor]:
-    """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p``.
+               shift: int = 0, perturbation: str = "random", feature_layer: str | None = None,
+               z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p`` (drawn
+    from latents ``z``, which ``diversity`` needs).
     The penultimate features of ``cos`` and ``ortho`` are what enters the last ``nn.Linear``
     of ``net`` (or ``feature_layer``), read by a forward hook."""
     unknown = sorted(set(weights) - set(TERMS))
@@ -222,6 +236,10 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
         terms["pixel"] = pixel_term(x)
     if "bn" in on:
         terms["bn"] = bn_term(bn.inputs)
+    if "diversity" in on:
+        if z is None:
+            raise ValueError("the diversity term needs the latents z that drew x: pass z=")
+        terms["diversity"] = diversity_term(x, z, labels)
     if "grad_norm" in on:
         terms["grad_norm"] = grad_norm_term(net, logits, labels)
     return terms
@@ -231,7 +249,7 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
                     hot=False, soft_scale=SOFT_SCALE, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1,
                     perturbation="random", shift=0, warmup=0.0, target_dropout=False, seed=0, device="cpu",
-                    desc="generator", feature_layer=None) -> tuple[Generator, list[dict]]:
+                    desc="generator", feature_layer=None, upsample="transpose") -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
 
     The classifier stays in eval mode (its batch norm uses the stored statistics);
@@ -246,7 +264,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
         warnings.warn(f"the '{term}' term is skipped: {why}", stacklevel=2)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    G = Generator(image_shape, num_classes, conditioning).to(device).train()
+    G = Generator(image_shape, num_classes, conditioning, upsample=upsample).to(device).train()
     net = net.to(device).eval()
     was_trainable = [param.requires_grad for param in net.parameters()]
     for layer in net.modules():
@@ -266,7 +284,7 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
                 p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
                 z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
                 x = G(z, labels.to(device) if conditioning == "label" else p)
-                terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation, feature_layer)
+                terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation, feature_layer, z)
                 ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
                 loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
                 if not torch.isfinite(loss):

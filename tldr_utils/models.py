@@ -247,11 +247,25 @@ def hot_matrix(labels: torch.Tensor, num_classes: int, size: tuple[int, int] | N
     return m if size is None else F.interpolate(m[:, None], size=size, mode="area")[:, 0]
 
 
+UPSAMPLINGS = ("transpose", "resize")
+
+
+def _doubling(c_in: int, c_out: int, upsample: str) -> list[nn.Module]:
+    """Layers that double the side of a map: the paper's 4x4 stride-2 transposed convolution, or
+    nearest-neighbour resizing then a 3x3 convolution ("resize-convolution", Odena et al. 2016),
+    whose kernel overlaps evenly everywhere and so draws no checkerboard."""
+    if upsample == "transpose":
+        return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)]
+    return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
+
+
 class Generator(nn.Module):
     """G(z, c): a latent and a condition to an image in [0, 1].
 
     A linear layer lifts [z, embedded condition] to a 128-channel map at a quarter
-    of the image side; two up-convolutions with batch norm double it twice.
+    of the image side; two up-convolutions with batch norm double it twice, by transposed
+    convolutions (``upsample="transpose"``, the paper's) or by resizing then convolving
+    (``"resize"``, which leaves no checkerboard).
     ``conditioning`` picks how the class reaches the generator:
     label (embedded index), vector (embedded soft vector), matrix (the K x K hot
     matrix, averaged onto the intermediate map, as an extra channel) or
@@ -260,11 +274,14 @@ class Generator(nn.Module):
     """
 
     def __init__(self, out_shape, num_classes: int = 10, conditioning: str = "vector_matrix",
-                 latent_dim: int = 100, embed_dim: int = 64, width: int = 128, dropout: float = 0.3):
+                 latent_dim: int = 100, embed_dim: int = 64, width: int = 128, dropout: float = 0.3,
+                 upsample: str = "transpose"):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {', '.join(CONDITIONINGS)}")
         c, h, w = out_shape
+        if upsample not in UPSAMPLINGS:
+            raise ValueError(f"unknown upsample {upsample!r}; choose one of {', '.join(UPSAMPLINGS)}")
         if h % 4 or w % 4:
             raise ValueError(f"the generator needs image sides divisible by 4, got {h}x{w}")
         self.out_shape, self.num_classes, self.latent_dim = tuple(out_shape), num_classes, latent_dim
@@ -278,9 +295,10 @@ class Generator(nn.Module):
         in_dim = latent_dim + (embed_dim if self.uses_vector else 0)
         self.lift = nn.Sequential(nn.Linear(in_dim, width * self.base[0] * self.base[1]),
                                   nn.BatchNorm1d(width * self.base[0] * self.base[1]), nn.ReLU())
-        self.up1 = nn.Sequential(nn.ConvTranspose2d(width + self.uses_matrix, width // 2, 4, 2, 1),
+        self.upsample = upsample
+        self.up1 = nn.Sequential(*_doubling(width + self.uses_matrix, width // 2, upsample),
                                  nn.BatchNorm2d(width // 2), nn.ReLU())
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(width // 2, width // 4, 4, 2, 1),
+        self.up2 = nn.Sequential(*_doubling(width // 2, width // 4, upsample),
                                  nn.BatchNorm2d(width // 4), nn.ReLU())
         self.out = nn.Conv2d(width // 4, c, 3, padding=1)
         self.width = width

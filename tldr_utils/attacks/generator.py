@@ -23,14 +23,15 @@ from .. import config, inversion, store
 from ..models import Generator
 from . import Problem, register
 
-_COMMON = {"conditioning": "vector_matrix", "soft_scale": 16.0, "steps": 800, "batch_size": 64, "lr": 0.003,
+_COMMON = {"conditioning": "vector_matrix", "upsample": "resize", "soft_scale": 16.0, "steps": 800, "batch_size": 64, "lr": 0.003,
            "shift": 2, "warmup": 0.5, "epsilon": 0.1, "perturbation": "random", "oversample": 2,
            "require_learned": True}
 INVERSION = {**_COMMON, "hot": False, "target_dropout": False,
-             "weights": {"kl": 1.0, "ce": 1.0, "cos": 0.5, "ortho": 0.5, "ce_pert": 0.0, "tv": 2.0, "bn": 1.0}}
+             "weights": {"kl": 1.0, "ce": 1.0, "cos": 0.5, "ortho": 0.5, "ce_pert": 0.0, "tv": 2.0, "bn": 1.0,
+                         "diversity": 0.1}}
 TLDR = {**_COMMON, "hot": True, "target_dropout": True,
         "weights": {"kl": 1.0, "ce": 1.0, "kl_pert": 1.0, "ce_pert": 1.0, "cos": 5.0, "ortho": 0.5, "tv": 2.0,
-                    "pixel": 0.0, "grad_norm": 0.02, "bn": 1.0}}
+                    "pixel": 0.0, "grad_norm": 0.02, "bn": 1.0, "diversity": 0.1}}
 
 
 def train_and_sample(problem: Problem, cfg: dict, seed: int):
@@ -72,7 +73,7 @@ def trained_generator(problem: Problem, cfg: dict, seed: int):
     weights, dropped = inversion.supported(net, cfg["weights"], problem.feature_layer)
     for term, why in dropped.items():
         problem.skip(term, why)
-    G = Generator(problem.image_shape, problem.num_classes, cfg["conditioning"])
+    G = Generator(problem.image_shape, problem.num_classes, cfg["conditioning"], upsample=cfg["upsample"])
     path = None
     if problem.cache is not None:
         key = {"model": store.tensor_hash(*net.state_dict().values()), "shape": list(problem.image_shape),
@@ -93,7 +94,8 @@ def _train(problem: Problem, cfg: dict, weights: dict, seed: int, path):
         problem.model, problem.image_shape, problem.num_classes, weights, conditioning=cfg["conditioning"],
         hot=cfg["hot"], soft_scale=cfg["soft_scale"], steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
         epsilon=cfg["epsilon"], perturbation=cfg["perturbation"], shift=cfg["shift"], warmup=cfg["warmup"],
-        target_dropout=cfg["target_dropout"], seed=seed, device=problem.device, feature_layer=problem.feature_layer)
+        target_dropout=cfg["target_dropout"], seed=seed, device=problem.device, feature_layer=problem.feature_layer,
+        upsample=cfg["upsample"])
     cost = {"cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall}
     if path is not None:
         store.save_model(path, G, {"history": history, "cost": cost})
