@@ -76,3 +76,19 @@ def test_bad_inputs_are_named(digits):
 
 def test_mann_whitney_z_sign():
     assert metrics.mann_whitney_z(torch.arange(50.).numpy(), torch.arange(50., 100.).numpy()) < -8
+
+
+def test_distilled_utility_learns_the_teachers_answers_not_the_given_labels(digits):
+    """Given labels that are all wrong, a classifier trained on hard labels learns nothing useful;
+    distilled from a teacher that knows the digits, it learns them."""
+    from tldr_utils import targets
+    from tldr_utils.models import build_classifier
+
+    (x, y), (test_x, test_y) = digits["train"], digits["heldout"]
+    torch.manual_seed(0)
+    teacher = build_classifier("mlp", tuple(x.shape[1:]))
+    targets.train_classifier(teacher, x, y, 300, 64, 3e-3, seed=0)
+    wrong = (y + 1) % 10
+    hard = metrics.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3)
+    distilled = metrics.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3, teacher=teacher)
+    assert hard < 0.2 and distilled > 0.7

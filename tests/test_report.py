@@ -39,8 +39,8 @@ def test_figure_table_names_the_evaluator_recorded_with_the_scores():
     rows = pd.DataFrame([{**key, "metric": "target_accuracy", "value": 0.99},
                          {**key, "metric": "evaluator_accuracy", "value": 0.71}])
     text = report.tables(rows, "cpu")
-    assert "classifier (`mlp`, seed 1;" in text  # the judge in the rows, not the profile's default (vit)
-    assert "| mnist | tldr | ours | cnn | 1000 | 0.71 | 0.99 |" in text
+    assert "classifier (`mlp`, seed 1)" in text  # the judge in the rows, not the profile's default (vit)
+    assert "| mnist | tldr | ours | 1 | 0.990 | 0.710 |" in text
 
 
 def test_figure_table_sets_the_paper_loss_control_beside_our_loss_and_leaves_out_the_sweep():
@@ -48,20 +48,23 @@ def test_figure_table_sets_the_paper_loss_control_beside_our_loss_and_leaves_out
     rows = pd.DataFrame([{**key, "metric": "evaluator_accuracy", "value": v, "setting": s}
                          for s, v in (("main", 0.6), ("paper_loss", 0.1), ("sweep", 0.42))])
     text = report.tables(rows, "cpu")
-    assert "| mnist | inversion | ours | cnn | all | 0.6 |" in text
-    assert "| mnist | inversion | paper only | cnn | all | 0.1 |" in text
+    assert "| mnist | inversion | ours | 1 | 0.600 |" in text
+    assert "| mnist | inversion | paper only | 1 | 0.100 |" in text
     assert "0.42" not in text
 
 
-def test_figure_table_shows_variety_beside_that_of_real_images():
-    key = {"dataset": "mnist", "arch": "cnn", "method": "tldr", "train_size": "1000", "seed": 0, "evaluator": "vit"}
-    rows = pd.DataFrame([{**key, "metric": "evaluator_accuracy", "value": 0.7},
-                         {**key, "metric": "within_class_ssim", "value": 0.61},
-                         {"dataset": "mnist", "method": "real_test", "train_size": "all", "seed": 0,
-                          "metric": "within_class_ssim", "value": 0.55}])
+def test_figure_table_gives_mean_and_deviation_over_generator_seeds_beside_real_images():
+    key = {"dataset": "mnist", "arch": "cnn", "method": "tldr", "train_size": "1000", "evaluator": "vit"}
+    rows = pd.DataFrame([{**key, "seed": seed, "metric": m, "value": v}
+                         for seed, acc, ratio in ((0, 0.7, 0.90), (1, 0.8, 0.94), (2, 0.9, 0.98))
+                         for m, v in (("evaluator_accuracy", acc), ("within_class_ssim", 0.61),
+                                      ("utility_hard_ratio", ratio))]
+                        + [{"dataset": "mnist", "method": "real_test", "train_size": "all", "seed": 0,
+                            "metric": m, "value": v} for m, v in (("evaluator_accuracy", 0.99),
+                                                                  ("within_class_ssim", 0.55))])
     text = report.tables(rows, "cpu")
-    assert "| mnist | tldr | ours | cnn | 1000 | 0.7 | 0.61 |" in text
-    assert "real test images give 0.550 (mnist)." in text
+    assert "| mnist | tldr | ours | 3 | 0.800 ± 0.100 | 0.610 ± 0.000 | 0.940 ± 0.040 |" in text
+    assert "| mnist | real_test | - | 1 | 0.990 | 0.550 | - |" in text
 
 
 def test_findings_count_the_blocks_that_pass_and_name_the_weakest_classes_and_terms():

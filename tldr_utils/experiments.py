@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import attacks, config, data, metrics, store, sweep, targets
+from . import attacks, config, data, inversion, metrics, store, sweep, targets
 from .attacks.optimisation import class_statistics
 from .models import split_points
 
@@ -33,14 +33,50 @@ def _share_by_class(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 
 @functools.lru_cache(maxsize=None)
-def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: int) -> dict:
+def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: int, heldout_per_class: int) -> dict:
     """What samples are compared with, measured once per run directory and dataset: the
-    evaluator's accuracy on real test images of each class, and their within-class SSIM."""
+    evaluator's accuracy on the real test images (all, and of each class) and their within-class
+    SSIM; the judge's features of ``heldout_per_class`` held-out test images of each class (the
+    reference of ``metrics.realism``), and the realism of a second, disjoint set of real test
+    images against them (the ceiling, scored exactly like samples)."""
     real = data.load_dataset(dataset, "test")
     judge, _ = targets.get_evaluator(profile, dataset, target_arch)
     hits = targets.predict(judge, real.float()).argmax(1) == real.labels
-    return {"evaluator_accuracy_by_class": _share_by_class(hits, real.labels, len(real.classes)),
-            "within_class_ssim": metrics.within_class_ssim(real.float(), real.labels, seed=seed)}
+    held = data.heldout_indices(real.labels, heldout_per_class, seed)
+    fresh = data.heldout_indices(real.labels, heldout_per_class, seed + 1000, exclude=held)
+    features = metrics.penultimate_features(judge, real.float()[held])
+    realism = metrics.realism(features, real.labels[held], metrics.penultimate_features(judge, real.float()[fresh]),
+                              real.labels[fresh])
+    return {"evaluator_accuracy": hits.float().mean().item(),
+            "evaluator_accuracy_by_class": _share_by_class(hits, real.labels, len(real.classes)),
+            "within_class_ssim": metrics.within_class_ssim(real.float(), real.labels, seed=seed),
+            "features": features, "labels": real.labels[held], "realism": realism}
+
+
+REALISM = ("precision", "recall", "density", "coverage", "fid")  # metrics.realism's scores kept as rows
+
+
+def utility(profile: str, r, net, cfg, dataset: str) -> dict:
+    """What ``cfg.utility_images`` images drawn from the generator of reconstruction ``r`` are worth
+    for training: a fresh classifier of the target's architecture, trained for ``cfg.utility_steps``
+    with the target's batch size and learning rate on them, with their conditioned labels
+    (``utility_hard``) or distilled from the target's softmax on them (``utility_distilled``); each
+    as real-test accuracy and as a ratio to that of the same classifier trained the same way on the
+    target's real training images (``utility_real``, cached as a target)."""
+    recipe = config.settings(profile, "train_targets")
+    n = cfg.utility_images // r.extra["generator"].num_classes
+    images, labels = inversion.sample(r.extra["generator"], n, hot=cfg.hot, seed=cfg.seed + 1, soft_scale=cfg.soft_scale,
+                                      target=net, oversample=cfg.oversample)
+    test = data.load_dataset(dataset, "test")
+    _, real = targets.train(config.run_dir(profile), dataset, cfg.arch, cfg.train_size, cfg.seed, cfg.utility_steps,
+                            recipe.batch_size, recipe.lr, device=cfg.device)
+    out = {"utility_real": real["test_accuracy"]}
+    for name, teacher in (("utility_hard", None), ("utility_distilled", net)):
+        acc = metrics.synthetic_utility(images, labels, test.float(), test.labels, cfg.arch, cfg.utility_steps,
+                                        recipe.batch_size, recipe.lr, seed=cfg.seed, device=config.device(cfg),
+                                        teacher=teacher)
+        out |= {name: acc, f"{name}_ratio": acc / real["test_accuracy"]}
+    return out
 
 
 def run(profile: str, method: str, dataset: str, overrides: dict | None = None, trained_target: bool = True,
@@ -79,26 +115,33 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
     predicted = targets.predict(judge, images).argmax(1)
     judged = predicted == labels
-    real = real_reference(config.run_dir(profile), profile, dataset, cfg.arch, cfg.seed)
+    real = real_reference(config.run_dir(profile), profile, dataset, cfg.arch, cfg.seed, cfg.heldout_per_class)
+    realism = metrics.realism(real["features"], real["labels"], metrics.penultimate_features(judge, images), labels)
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
               "evaluator_accuracy": judged.float().mean().item(), "evaluator": judge_meta["arch"],
               "evaluator_real_accuracy": judge_meta["test_accuracy"],
               # variety: recognisable samples that are all alike would still pass both judges
               "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
-              "real_within_class_ssim": real["within_class_ssim"]}
+              "real_within_class_ssim": real["within_class_ssim"], **{m: realism[m] for m in REALISM}}
     if cfg.oversample > 1:  # what the selection buys and costs: the same scores on the first n draws of each class
         first, first_labels = r.extra["unselected_images"], r.extra["unselected_labels"]
         scores |= {"evaluator_accuracy_unselected": targets.accuracy(judge, first, first_labels),
                    "within_class_ssim_unselected": metrics.within_class_ssim(first, first_labels, seed=cfg.seed)}
+    if cfg.utility_images:
+        scores |= utility(profile, r, net, cfg, dataset)
     by_class = {"samples": _share_by_class(judged, labels, len(classes)), "real": real["evaluator_accuracy_by_class"]}
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
-           "train_size": targets.size_label(cfg.train_size), "seed": cfg.seed, "evaluator": judge_meta["arch"]}
-    real_key = {"dataset": dataset, "method": "real_test", "train_size": "all", "seed": cfg.seed}
-    rows = [{**key, "metric": m, "value": scores[m]}
-            for m in ("target_accuracy", "evaluator_accuracy", "within_class_ssim",
-                      "evaluator_accuracy_unselected", "within_class_ssim_unselected") if m in scores]
-    rows.append({**real_key, "metric": "within_class_ssim", "value": scores["real_within_class_ssim"]})
-    for k, who in ((key, "samples"), ({**real_key, "evaluator": judge_meta["arch"]}, "real")):
+           "train_size": targets.size_label(cfg.train_size), "seed": attack_seed, "evaluator": judge_meta["arch"]}
+    real_key = {"dataset": dataset, "method": "real_test", "train_size": "all", "seed": cfg.seed,
+                "evaluator": judge_meta["arch"]}
+    measured = ("target_accuracy", "evaluator_accuracy", "within_class_ssim", *REALISM, "evaluator_accuracy_unselected",
+                "within_class_ssim_unselected", "utility_real", "utility_hard", "utility_hard_ratio",
+                "utility_distilled", "utility_distilled_ratio")
+    rows = [{**key, "metric": m, "value": scores[m]} for m in measured if m in scores]
+    real_scores = {"evaluator_accuracy": real["evaluator_accuracy"], "within_class_ssim": real["within_class_ssim"],
+                   **{m: real["realism"][m] for m in REALISM}}
+    rows += [{**real_key, "metric": m, "value": v} for m, v in real_scores.items()]
+    for k, who in ((key, "samples"), (real_key, "real")):
         rows += [{**k, "metric": "evaluator_accuracy_of_class", "class": c, "value": v}
                  for c, v in zip(classes, by_class[who])]
     meta = {"method": method, "dataset": dataset, "trained_target": trained_target, "arch": cfg.arch,
@@ -112,6 +155,16 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     return {"images": images, "labels": labels, "classes": classes, "meta": meta, "rows": rows, "scores": scores,
             "evaluator_accuracy_by_class": by_class, "evaluator_predictions": predicted, "samples_path": path,
             "reconstruction": r}
+
+
+def other_seeds(profile: str, method: str, dataset: str, overrides: dict | None = None) -> list[dict]:
+    """``run`` against the same target once for each of the section's ``generator_seeds`` but the one
+    ``run`` itself used (how much one training of the generator decides); their samples are not
+    the figures', so they are not saved."""
+    cfg = settings(profile, method, overrides)
+    first = cfg.seed if cfg.get("generator_seed") is None else cfg.generator_seed
+    return [run(profile, method, dataset, {**(overrides or {}), "generator_seed": s}, save=False)
+            for s in cfg.generator_seeds if s != first]
 
 
 def samples_path(profile: str, method: str, dataset: str, cfg: dict, trained_target: bool = True):

@@ -25,6 +25,8 @@ BASELINES = ["evaluator_accuracy", "precision", "recall", "density", "coverage",
              "membership_auc", "cpu_seconds_per_image", "synthetic_utility"]  # the columns of 06's table
 ARCHITECTURES = ["evaluator_accuracy", "precision", "recall", "nn_ssim_train", "nn_ssim_gap", "membership_auc",
                  "ssim"]  # the columns of 10's table
+FIGURE_SCORES = ["target_accuracy", "evaluator_accuracy", "evaluator_accuracy_unselected", "precision", "recall",
+                 "density", "coverage", "fid", "within_class_ssim", "utility_hard_ratio", "utility_distilled_ratio"]
 LOSSES = {"main": "ours", "paper_loss": "paper only"}  # setting -> how the Figures 3-4 table names the loss
 EVALUATOR_BAR = 0.80  # share of samples the independent evaluator must recognise (the acceptance bar)
 
@@ -42,6 +44,29 @@ def _mean_ci(values: pd.Series) -> str:
         return f"{values.mean():.3f}"
     half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
     return f"{values.mean():.3f} ± {half:.3f}"
+
+
+def _mean_sd(values: pd.Series) -> str:
+    return f"{values.mean():.3f}" if len(values) < 2 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def figure_scores(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of Figures 3-4's generators (``main`` and ``paper_loss``) and of real test images, and
+    their table: per dataset, method and loss, how many generator seeds, then each of ``FIGURE_SCORES``
+    as mean ± standard deviation over the seeds."""
+    m = store.fill_default_keys(pd.DataFrame(metrics))
+    m["class"] = m["class"].fillna("")
+    generated = m.setting.isin(LOSSES) & m.method.isin(["inversion", "tldr"])
+    shown = m[(generated | (m.setting.eq("main") & m.method.eq("real_test"))) & m.metric.isin(FIGURE_SCORES)
+              & m["class"].eq("")].drop_duplicates(["dataset", "method", "seed", "metric", "setting"])
+    if not len(shown):
+        return shown, pd.DataFrame()
+    shown = shown.assign(loss=shown.setting.map(LOSSES).where(shown.method != "real_test", "-"))
+    keys = ["dataset", "method", "loss"]
+    t = shown.groupby(keys + ["metric"])["value"].apply(_mean_sd).unstack()
+    t = t[[c for c in FIGURE_SCORES if c in t.columns]]
+    t.insert(0, "seeds", shown[shown.metric == "evaluator_accuracy"].groupby(keys)["seed"].nunique())
+    return shown, t.reset_index().fillna("-")
 
 
 def notebook_minutes(profile: str) -> tuple[float, str]:
@@ -163,29 +188,23 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         t.columns = [str(c) if c in ("dataset", "arch", "seed") else f"n={c}" for c in t.columns]
         parts += ["**Target classifiers**: test accuracy by training-set size.",
                   _markdown(t.round(3).astype(object).where(t.notna(), "-"))]
-    shown = m[m.setting.isin(LOSSES) & m.method.isin(["inversion", "tldr"])
-              & m.metric.isin(["target_accuracy", "evaluator_accuracy", "within_class_ssim",
-                               "evaluator_accuracy_unselected", "within_class_ssim_unselected"])]
+    shown, t = figure_scores(m)
     if len(shown):
-        t = shown.assign(loss=shown.setting.map(LOSSES)).pivot_table(
-            index=["dataset", "method", "loss", "arch", "train_size"], columns="metric", values="value").reset_index()
         judges = ", ".join(f"`{a}`" for a in sorted(shown["evaluator"].dropna().unique()))
         seed = config.settings(profile, "train_targets").eval_seed
-        text = ("**Figures 3-4**: share of samples assigned to their conditioned class by the target and by "
-                f"the independent evaluation classifier ({judges}, seed {seed}; its accuracy on "
-                "real test images is in its row above, the ceiling to compare with). Loss `paper only` is the control of "
-                "`02_invert`: the paper's terms without our image priors, which the target accepts and the evaluator "
-                "should not.")
-        if "evaluator_accuracy_unselected" in t.columns:
-            text += (" The samples are the ones the target is most confident in among `oversample` times as many "
-                     "draws; the `_unselected` columns score the first draws of each class instead, without "
-                     "that selection.")
-        if "within_class_ssim" in t.columns:
-            real = _real_within_class_ssim(m)
-            text += (" `within_class_ssim` is the mean SSIM between two samples of one class, lower for more "
-                     "varied samples; real test images give "
-                     + ", ".join(f"{v:.3f} ({d})" for d, v in real.items()) + ".")
-        parts += [text, _markdown(t.round(3))]
+        n_utility = config.settings(profile, "invert").utility_images
+        text = ("**Figures 3-4**, mean ± standard deviation over the generators trained against one target "
+                "(`seeds`), beside real test images (`real_test`), the ceiling. `target_accuracy` and "
+                f"`evaluator_accuracy`: the share of samples in their conditioned class for the target and for the "
+                f"independent evaluation classifier ({judges}, seed {seed}); `_unselected`: the first draws of each "
+                "class, without the selection at sampling time. `precision`, `recall`, `density`, `coverage` "
+                "(prdc) and `fid` (torch-fidelity) are measured in the evaluator's feature space against held-out "
+                "test images. `within_class_ssim`: mean SSIM of two samples of one class (lower is more varied). "
+                f"The utility ratios: real-test accuracy of a classifier trained on {n_utility:,} generated images (hard "
+                "labels, or distilled from the target's softmax) over that of the same classifier trained on the "
+                "target's real training images. Loss `paper only` is the control of `02_invert`: the paper's "
+                "terms without our image priors, which the target accepts and the evaluator should not.")
+        parts += [text, _markdown(t)]
     leak = sweep[sweep.metric.isin(LEAKAGE) & ~sweep.method.str.startswith("tldr_without")]
     leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
                                                          ["seed"].transform("nunique") > 1)]
