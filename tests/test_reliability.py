@@ -52,7 +52,8 @@ def test_notebook_overrides_reach_the_targets_and_the_generators(tmp_path):
     generators = [m["settings"] for m in _meta_of(tmp_path / "smoke" / "attacks", "inversion_*.safetensors")]
     main = [m for m in generators if m["shift"] == 2]  # the paper-loss control trains without the shift
     control = [m for m in generators if m["shift"] == 0]
-    assert len(main) == 1 and main[0]["steps"] == 41 and main[0]["lr"] == 0.004
+    # one generator of each of the profile's generator seeds, every one with the user's settings
+    assert len(main) == 2 and all(m["steps"] == 41 and m["lr"] == 0.004 for m in main)
     assert len(control) == 1 and control[0]["lr"] == 0.004  # the control keeps the user's settings too
 
 

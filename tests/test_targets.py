@@ -104,8 +104,14 @@ def test_cached_generator_run_records_scores(runs):
         ("tldr", "target_accuracy"), ("tldr", "evaluator_accuracy"), ("tldr", "within_class_ssim"),
         ("tldr", "evaluator_accuracy_unselected"), ("tldr", "within_class_ssim_unselected"),  # oversample 2
         ("real_test", "within_class_ssim"), ("tldr", "evaluator_accuracy_of_class"),
-        ("real_test", "evaluator_accuracy_of_class")}
+        ("real_test", "evaluator_accuracy_of_class"), ("real_test", "evaluator_accuracy"),
+        # the reference row's realism; two samples of a class are too few for the samples' own
+        *(("real_test", m) for m in ("precision", "recall", "density", "coverage", "fid")),
+        *(("tldr", m) for m in ("utility_real", "utility_hard", "utility_hard_ratio", "utility_distilled",
+                                "utility_distilled_ratio"))}
     scores, by_class = result["scores"], result["evaluator_accuracy_by_class"]
+    assert scores["utility_hard_ratio"] == pytest.approx(scores["utility_hard"] / scores["utility_real"])
+    assert 0 <= scores["utility_distilled"] <= 1
     assert sum(by_class["samples"]) / 10 == pytest.approx(scores["evaluator_accuracy"])
     per_class = {(r["method"], r["class"]): r["value"] for r in result["rows"] if "class" in r}
     assert [per_class[("tldr", c)] for c in result["classes"]] == by_class["samples"]
@@ -128,7 +134,8 @@ def test_cached_generator_run_records_scores(runs):
 
 
 def test_generator_seed_trains_another_generator_against_the_same_target(runs):
-    choice = {"train_size": 100, "steps": 80, "samples_per_class": 2}  # enough for both seeds to beat chance on 8x8 digits
+    # enough for both seeds to beat chance on 8x8 digits; no utility classifiers, which are cached as targets too
+    choice = {"train_size": 100, "steps": 80, "samples_per_class": 2, "utility_images": 0}
     first = experiments.run("smoke", "inversion", "digits", choice, save=False)
     same = experiments.run("smoke", "inversion", "digits", {**choice, "generator_seed": 0}, save=False)  # = seed
     other = experiments.run("smoke", "inversion", "digits", {**choice, "generator_seed": 1}, save=False)

@@ -116,13 +116,15 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     predicted = targets.predict(judge, images).argmax(1)
     judged = predicted == labels
     real = real_reference(config.run_dir(profile), profile, dataset, cfg.arch, cfg.seed, cfg.heldout_per_class)
-    realism = metrics.realism(real["features"], real["labels"], metrics.penultimate_features(judge, images), labels)
+    # prdc needs three vectors of a class on each side: fewer samples (a quick trial) go unmeasured
+    realism = (metrics.realism(real["features"], real["labels"], metrics.penultimate_features(judge, images), labels)
+               if n >= 3 else {})
     scores = {"target_accuracy": targets.accuracy(net, images, labels),
               "evaluator_accuracy": judged.float().mean().item(), "evaluator": judge_meta["arch"],
               "evaluator_real_accuracy": judge_meta["test_accuracy"],
               # variety: recognisable samples that are all alike would still pass both judges
               "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
-              "real_within_class_ssim": real["within_class_ssim"], **{m: realism[m] for m in REALISM}}
+              "real_within_class_ssim": real["within_class_ssim"], **{m: realism[m] for m in REALISM if m in realism}}
     if cfg.oversample > 1:  # what the selection buys and costs: the same scores on the first n draws of each class
         first, first_labels = r.extra["unselected_images"], r.extra["unselected_labels"]
         scores |= {"evaluator_accuracy_unselected": targets.accuracy(judge, first, first_labels),
