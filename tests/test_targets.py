@@ -112,6 +112,9 @@ def test_cached_generator_run_records_scores(runs):
     scores, by_class = result["scores"], result["evaluator_accuracy_by_class"]
     assert scores["utility_hard_ratio"] == pytest.approx(scores["utility_hard"] / scores["utility_real"])
     assert 0 <= scores["utility_distilled"] <= 1
+    again = experiments.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2}, save=False)
+    assert "generator" not in again["reconstruction"].extra  # loaded from the cache: images, not the network
+    assert again["scores"]["utility_distilled"] == scores["utility_distilled"]  # its generator, from its own cache
     assert sum(by_class["samples"]) / 10 == pytest.approx(scores["evaluator_accuracy"])
     per_class = {(r["method"], r["class"]): r["value"] for r in result["rows"] if "class" in r}
     assert [per_class[("tldr", c)] for c in result["classes"]] == by_class["samples"]

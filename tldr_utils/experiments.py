@@ -56,16 +56,26 @@ def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: 
 REALISM = ("precision", "recall", "density", "coverage", "fid")  # metrics.realism's scores kept as rows
 
 
-def utility(profile: str, r, net, cfg, dataset: str) -> dict:
-    """What ``cfg.utility_images`` images drawn from the generator of reconstruction ``r`` are worth
+def _generator(profile: str, r, net, image_shape, num_classes: int, seed: int):
+    """The generator behind generator attack result ``r``: in ``r`` when it was just trained; for a
+    result loaded from the cache (which keeps images, not networks), from the generators' cache."""
+    if "generator" in r.extra:
+        return r.extra["generator"]
+    problem = attacks.Problem(net, tuple(image_shape), num_classes, 1, torch.device("cpu"),
+                              cache=config.run_dir(profile) / "attacks")
+    return attacks.generator.trained_generator(problem, r.settings, seed)[0]
+
+
+def utility(profile: str, G, net, cfg, dataset: str) -> dict:
+    """What ``cfg.utility_images`` images drawn from the trained generator ``G`` are worth
     for training: a fresh classifier of the target's architecture, trained for ``cfg.utility_steps``
     with the target's batch size and learning rate on them, with their conditioned labels
     (``utility_hard``) or distilled from the target's softmax on them (``utility_distilled``); each
     as real-test accuracy and as a ratio to that of the same classifier trained the same way on the
     target's real training images (``utility_real``, cached as a target)."""
     recipe = config.settings(profile, "train_targets")
-    n = cfg.utility_images // r.extra["generator"].num_classes
-    images, labels = inversion.sample(r.extra["generator"], n, hot=cfg.hot, seed=cfg.seed + 1, soft_scale=cfg.soft_scale,
+    n = cfg.utility_images // G.num_classes
+    images, labels = inversion.sample(G, n, hot=cfg.hot, seed=cfg.seed + 1, soft_scale=cfg.soft_scale,
                                       target=net, oversample=cfg.oversample)
     test = data.load_dataset(dataset, "test")
     _, real = targets.train(config.run_dir(profile), dataset, cfg.arch, cfg.train_size, cfg.seed, cfg.utility_steps,
@@ -130,7 +140,8 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
         scores |= {"evaluator_accuracy_unselected": targets.accuracy(judge, first, first_labels),
                    "within_class_ssim_unselected": metrics.within_class_ssim(first, first_labels, seed=cfg.seed)}
     if cfg.utility_images:
-        scores |= utility(profile, r, net, cfg, dataset)
+        G = _generator(profile, r, net, train.images.shape[1:], len(classes), attack_seed)
+        scores |= utility(profile, G, net, cfg, dataset)
     by_class = {"samples": _share_by_class(judged, labels, len(classes)), "real": real["evaluator_accuracy_by_class"]}
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
            "train_size": targets.size_label(cfg.train_size), "seed": attack_seed, "evaluator": judge_meta["arch"]}
