@@ -199,11 +199,13 @@ RULES = {
     "datasets": _list_of(_choice(_datasets)), "seed": _whole(0), "device": (_device_ok, '"auto", "cpu", "cuda" or "cuda:N"'),
     "archs": _list_of(_choice(_archs)), "compare_archs": _list_of(_choice(_archs), empty_ok=True),
     "arch": _choice(_archs), "eval_arch": _choice(_archs), "methods": _list_of(_choice(_methods)),
-    "conditioning": _choice(_conditionings), "perturbation": _choice(_perturbations), "upsample": _choice(_upsamplings),
+    "conditioning": _choice(_conditionings), "perturbation": _choice(_perturbations),
+    "upsample": _choice(_upsamplings),
     "train_size": _SIZE, "ablation_train_size": _SIZE,
     "train_sizes": (_sizes_ok, "a non-empty list of training-set sizes (whole numbers >= 1, or null for all); "
                                "in train_targets, a dict of such lists by dataset"),
-    "seeds": _list_of(_whole(0)), "generator_seeds": _list_of(_whole(0)), "eval_seed": _whole(0), "generator_seed": _whole(0, "the target's seed"),
+    "seeds": _list_of(_whole(0)), "generator_seeds": _list_of(_whole(0)), "eval_seed": _whole(0),
+    "generator_seed": _whole(0, "the target's seed"),
     "steps": _whole(1), "eval_steps": _whole(1), "paper_loss_steps": _whole(1), "utility_steps": _whole(1),
     "generator_steps": _whole(1),
     "batch_size": _whole(2), "generator_batch_size": _whole(2),  # batch norm needs two images per batch

@@ -32,6 +32,14 @@ def _share_by_class(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     return [hits[labels == k].float().mean().item() for k in range(num_classes)]
 
 
+def heldout_and_fresh(test_labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of two disjoint sets of ``per_class`` test images of each class: the held-out reference
+    that samples are compared with, and a fresh set that stands in for samples (real images scored
+    exactly like them)."""
+    held = data.heldout_indices(test_labels, per_class, seed)
+    return held, data.heldout_indices(test_labels, per_class, seed + 1000, exclude=held)
+
+
 @functools.lru_cache(maxsize=None)
 def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: int, heldout_per_class: int) -> dict:
     """What samples are compared with, measured once per run directory and dataset: the
@@ -42,8 +50,7 @@ def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: 
     real = data.load_dataset(dataset, "test")
     judge, _ = targets.get_evaluator(profile, dataset, target_arch)
     hits = targets.predict(judge, real.float()).argmax(1) == real.labels
-    held = data.heldout_indices(real.labels, heldout_per_class, seed)
-    fresh = data.heldout_indices(real.labels, heldout_per_class, seed + 1000, exclude=held)
+    held, fresh = heldout_and_fresh(real.labels, heldout_per_class, seed)
     features = metrics.penultimate_features(judge, real.float()[held])
     realism = metrics.realism(features, real.labels[held], metrics.penultimate_features(judge, real.float()[fresh]),
                               real.labels[fresh])
@@ -89,6 +96,11 @@ def utility(profile: str, G, net, cfg, dataset: str) -> dict:
     return out
 
 
+def _attack_seed(cfg) -> int:
+    """The seed of a generator attack: ``generator_seed``, or the target's ``seed`` when it is unset."""
+    return cfg.seed if cfg.get("generator_seed") is None else cfg.generator_seed
+
+
 def run(profile: str, method: str, dataset: str, overrides: dict | None = None, trained_target: bool = True,
         save: bool = True) -> dict:
     """Run ``method`` against the target that the profile (and ``overrides``) name, score it, save it.
@@ -117,7 +129,7 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     net, target_meta = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
     train = data.load_dataset(dataset, "train")
     chosen = {k: cfg[k] for k in attacks.get(method).defaults if k in cfg} | {"require_learned": trained_target}
-    attack_seed = cfg.seed if cfg.get("generator_seed") is None else cfg.generator_seed
+    attack_seed = _attack_seed(cfg)
     n, classes = cfg.samples_per_class, train.classes
     r = attacks.reconstruct(method, net, train.images.shape[1:], len(classes), n, chosen, attack_seed,
                             config.device(cfg), cache=config.run_dir(profile) / "attacks")
@@ -175,7 +187,7 @@ def other_seeds(profile: str, method: str, dataset: str, overrides: dict | None 
     ``run`` itself used (how much one training of the generator decides); their samples are not
     the figures', so they are not saved."""
     cfg = settings(profile, method, overrides)
-    first = cfg.seed if cfg.get("generator_seed") is None else cfg.generator_seed
+    first = _attack_seed(cfg)
     return [run(profile, method, dataset, {**(overrides or {}), "generator_seed": s}, save=False)
             for s in cfg.generator_seeds if s != first]
 
@@ -202,8 +214,7 @@ def reference_sets(dataset: str, train_size: int | None, seed: int, heldout_per_
     Each is a pair (images, labels)."""
     train, test = data.load_dataset(dataset, "train"), data.load_dataset(dataset, "test")
     idx = targets.training_indices(train, train_size, seed)
-    held = data.heldout_indices(test.labels, heldout_per_class, seed)
-    fresh = data.heldout_indices(test.labels, heldout_per_class, seed + 1000, exclude=held)
+    held, fresh = heldout_and_fresh(test.labels, heldout_per_class, seed)
     return {"train": (train.float()[idx], train.labels[idx]), "heldout": (test.float()[held], test.labels[held]),
             "fresh": (test.float()[fresh], test.labels[fresh])}
 

@@ -170,13 +170,12 @@ def leakage_report(recon, recon_labels, train, train_labels, heldout, heldout_la
 
 
 def synthetic_utility(images, labels, test_images, test_labels, arch: str = "cnn", steps: int = 500,
-                      batch_size: int = 128, lr: float = 2e-3, seed: int = 0, device="cpu", teacher=None,
-                      shift: int = 0) -> float:
+                      batch_size: int = 128, lr: float = 2e-3, seed: int = 0, device="cpu", teacher=None) -> float:
     """Train a fresh classifier only on ``images`` and return its accuracy on the real test set.
 
     It learns the hard ``labels`` (Soufleri et al.), or, with a ``teacher`` (the target), the
     teacher's softmax on each image (data-free distillation, as in DAFL): the cross-entropy
-    against those probabilities. ``shift`` moves each training image by up to that many pixels."""
+    against those probabilities."""
     from .models import build_classifier
 
     if teacher is not None:
@@ -184,7 +183,7 @@ def synthetic_utility(images, labels, test_images, test_labels, arch: str = "cnn
     torch.manual_seed(seed)
     net = build_classifier(arch, tuple(images.shape[1:]), int(test_labels.max()) + 1)
     targets.train_classifier(net, images, labels, steps, batch_size, lr, seed, device,
-                             desc="distilled" if teacher is not None else "utility", shift=shift)
+                             desc="distilled" if teacher is not None else "utility")
     return targets.accuracy(net, test_images, test_labels, device)
 
 

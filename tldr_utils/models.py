@@ -295,7 +295,6 @@ class Generator(nn.Module):
         in_dim = latent_dim + (embed_dim if self.uses_vector else 0)
         self.lift = nn.Sequential(nn.Linear(in_dim, width * self.base[0] * self.base[1]),
                                   nn.BatchNorm1d(width * self.base[0] * self.base[1]), nn.ReLU())
-        self.upsample = upsample
         self.up1 = nn.Sequential(*_doubling(width + self.uses_matrix, width // 2, upsample),
                                  nn.BatchNorm2d(width // 2), nn.ReLU())
         self.up2 = nn.Sequential(*_doubling(width // 2, width // 4, upsample),

@@ -200,8 +200,8 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
                 "class, without the selection at sampling time. `precision`, `recall`, `density`, `coverage` "
                 "(prdc) and `fid` (torch-fidelity) are measured in the evaluator's feature space against held-out "
                 "test images. `within_class_ssim`: mean SSIM of two samples of one class (lower is more varied). "
-                f"The utility ratios: real-test accuracy of a classifier trained on {n_utility:,} generated images (hard "
-                "labels, or distilled from the target's softmax) over that of the same classifier trained on the "
+                f"The utility ratios: real-test accuracy of a classifier trained on {n_utility:,} generated images "
+                "(hard labels, or distilled from the target's softmax) over that of the same classifier trained on the "
                 "target's real training images. Loss `paper only` is the control of `02_invert`: the paper's "
                 "terms without our image priors, which the target accepts and the evaluator should not.")
         parts += [text, _markdown(t)]

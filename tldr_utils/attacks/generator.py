@@ -23,8 +23,8 @@ from .. import config, inversion, store
 from ..models import Generator
 from . import Problem, register
 
-_COMMON = {"conditioning": "vector_matrix", "upsample": "resize", "soft_scale": 16.0, "steps": 800, "batch_size": 64, "lr": 0.003,
-           "shift": 2, "warmup": 0.5, "epsilon": 0.1, "perturbation": "random", "oversample": 2,
+_COMMON = {"conditioning": "vector_matrix", "upsample": "resize", "soft_scale": 16.0, "steps": 800, "batch_size": 64,
+           "lr": 0.003, "shift": 2, "warmup": 0.5, "epsilon": 0.1, "perturbation": "random", "oversample": 2,
            "require_learned": True}
 INVERSION = {**_COMMON, "hot": False, "target_dropout": False,
              "weights": {"kl": 1.0, "ce": 1.0, "cos": 0.5, "ortho": 0.5, "ce_pert": 0.0, "tv": 2.0, "bn": 1.0,
