@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tldr_utils import architectures, targets
+from tldr_utils import architectures, training
 from tldr_utils.models import build_classifier
 
 
@@ -20,7 +20,7 @@ def test_stop_ends_training_where_asked():
     x, y = _toy()
     net = build_classifier("mlp", (1, 8, 8), 2)
     asked = []
-    losses = targets.train_classifier(net, x, y, steps=50, batch_size=16, lr=0.01, seed=0,
+    losses = training.train_classifier(net, x, y, steps=50, batch_size=16, lr=0.01, seed=0,
                                       stop=lambda step: asked.append(step) or step == 7)
     assert len(losses) == 7 and asked == list(range(1, 8))
     assert net.training  # left as training leaves it
@@ -38,7 +38,7 @@ def test_train_matched_keeps_checkpoints_near_one_level():
     assert level == pytest.approx(min(max(a for _, a in meta["checks"]) for _, meta in out.values()))
     for arch, (net, meta) in out.items():
         # the returned network is the chosen checkpoint, and that checkpoint is the one nearest the level
-        assert targets.accuracy(net, xv, yv) == pytest.approx(meta["validation_accuracy"])
+        assert training.accuracy(net, xv, yv) == pytest.approx(meta["validation_accuracy"])
         assert meta["validation_accuracy"] == pytest.approx(
             min((a for _, a in meta["checks"]), key=lambda a: abs(a - level)))
         every = [1, 2, 3, 4, 5] + list(range(10, meta["steps_trained"] + 1, 5))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import tldr_utils
-from tldr_utils import attacks, data, metrics, targets
+from tldr_utils import attacks, data, edge, metrics, targets, training
 from tldr_utils.attacks import optimisation
 
 
@@ -38,7 +37,7 @@ def fashion():
 def lenet(fashion):
     torch.manual_seed(0)
     model = LeNet()
-    targets.train_classifier(model, *fashion[0], steps=150, batch_size=64, lr=2e-3, seed=0)
+    training.train_classifier(model, *fashion[0], steps=150, batch_size=64, lr=2e-3, seed=0)
     return model.eval()
 
 
@@ -47,7 +46,8 @@ def test_a_model_the_library_never_saw_is_audited_in_a_few_lines(fashion, lenet,
     train, heldout = fashion
     with pytest.warns(UserWarning, match="'bn' term is skipped: the model has no batch-norm layer"):
         # the user's whole audit, once the model is trained:
-        report = tldr_utils.audit(lenet, train=train, heldout=heldout, profile="smoke")
+        report = tldr_utils.audit(lenet, train=train, heldout=heldout, settings=edge.audit_settings("smoke"),
+                                  folder=tmp_path / "runs")
         written = report.save(tmp_path / "audit")
     assert set(report.table.attack) == set(attacks.for_classes(10)) | {"control_heldout", "control_noise"}
     assert not report.failed and set(report.samples) == set(attacks.for_classes(10))
@@ -110,14 +110,14 @@ def test_miface_moves_every_class_from_its_start(lenet):
     start = (0.5 + 0.05 * torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     moved = (r.images - start).abs().flatten(1).mean(1)
     assert (moved > 0.02).all(), moved
-    assert targets.accuracy(lenet, r.images, r.labels) > 0.5
+    assert training.accuracy(lenet, r.images, r.labels) > 0.5
 
 
 def test_deepinversion_matches_the_stored_statistics_better_with_its_term():
     torch.manual_seed(0)
     net = targets.build_classifier("cnn", (1, 8, 8))
     digits = data.load_dataset("digits", "train")
-    targets.train_classifier(net, digits.float(), digits.labels, 60, 64, 2e-3, 0)
+    training.train_classifier(net, digits.float(), digits.labels, 60, 64, 2e-3, 0)
     net.eval()
     running = [(m.running_mean, m.running_var) for m in net.modules() if isinstance(m, nn.BatchNorm2d)][:1]
 

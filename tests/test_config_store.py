@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tldr_utils import config, store
+from tldr_utils import config, edge, store
 from tldr_utils.models import build_classifier
 
 
@@ -20,33 +20,33 @@ def test_every_profile_has_every_section_with_the_same_keys():
 
 
 def test_smoke_overrides_cpu_but_keeps_the_rest():
-    smoke, cpu = config.settings("smoke", "invert"), config.settings("cpu", "invert")
+    smoke, cpu = config.settings("smoke", "inversion"), config.settings("cpu", "inversion")
     assert smoke.steps < cpu.steps
     assert smoke.weights == cpu.weights and smoke.datasets == cpu.datasets
 
 
 def test_unknown_profile_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"'gpu'.*cpu, paper, smoke"):
-        config.settings("gpu", "invert")
+        config.settings("gpu", "inversion")
 
 
 def test_unknown_parameter_is_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"'stepz'.*valid:.*steps"):
-        config.settings("cpu", "invert", {"stepz": 3})
+        config.settings("cpu", "inversion", {"stepz": 3})
     with pytest.raises(ValueError, match=r"'sharpness'.*valid: kl, ce"):
-        config.settings("cpu", "invert", {"weights": {"sharpness": 1}})
+        config.settings("cpu", "inversion", {"weights": {"sharpness": 1}})
 
 
 def test_weight_overrides_change_single_terms():
-    cfg = config.settings("cpu", "reconstruct", {"weights": {"tv": 0}, "steps": 7})
-    assert cfg.weights["tv"] == 0 and cfg.weights["grad_norm"] == config.settings("cpu", "reconstruct").weights["grad_norm"]
+    cfg = config.settings("cpu", "tldr", {"weights": {"tv": 0}, "steps": 7})
+    assert cfg.weights["tv"] == 0 and cfg.weights["grad_norm"] == config.settings("cpu", "tldr").weights["grad_norm"]
     assert cfg.steps == 7
 
 
 def test_setup_refuses_stray_notebook_parameters():
     with pytest.raises(ValueError, match="epochs"):
-        config.setup("invert", "smoke", {}, namespace={"profile": "smoke", "overrides": {}, "epochs": 3, "json": json})
-    assert config.setup("invert", "smoke", {}, namespace={"profile": "smoke", "overrides": {}, "json": json}).steps > 0
+        edge.setup("inversion", "smoke", {}, namespace={"profile": "smoke", "overrides": {}, "epochs": 3, "json": json})
+    assert edge.setup("inversion", "smoke", {}, namespace={"profile": "smoke", "overrides": {}, "json": json}).steps > 0
 
 
 def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):

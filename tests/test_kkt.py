@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tldr_utils import attacks, metrics, targets
+from tldr_utils import attacks, metrics, training
 from tldr_utils.attacks.kkt import brightest_white
 from tldr_utils.models import HomogeneousMLP
 
@@ -48,7 +48,7 @@ def _trained(seed=0):
     x, y = _images(seed)
     torch.manual_seed(seed)
     net = HomogeneousMLP((1, 8, 8), hidden=(64,), init_scale=0.1)
-    losses = targets.train_to_margin(net, x, y, steps=2000, lr=0.5, weight_decay=0.01)
+    losses = training.train_to_margin(net, x, y, steps=2000, lr=0.5, weight_decay=0.01)
     return net.eval(), x, y, losses
 
 

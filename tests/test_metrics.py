@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tldr_utils import data, metrics
+from tldr_utils import data, metrics, training
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +81,12 @@ def test_mann_whitney_z_sign():
 def test_distilled_utility_learns_the_teachers_answers_not_the_given_labels(digits):
     """Given labels that are all wrong, a classifier trained on hard labels learns nothing useful;
     distilled from a teacher that knows the digits, it learns them."""
-    from tldr_utils import targets
     from tldr_utils.models import build_classifier
 
     (x, y), (test_x, test_y) = digits["train"], digits["heldout"]
     torch.manual_seed(0)
     teacher = build_classifier("mlp", tuple(x.shape[1:]))
-    targets.train_classifier(teacher, x, y, 300, 64, 3e-3, seed=0)
+    training.train_classifier(teacher, x, y, 300, 64, 3e-3, seed=0)
     wrong = (y + 1) % 10
     hard = metrics.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3)
     distilled = metrics.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3, teacher=teacher)

@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from tldr_utils import bench, config, data, experiments, inversion, metrics, report, store, targets
+from tldr_utils import bench, config, data, edge, experiments, inversion, metrics, report, store, targets, training
+from helpers import method_run, target, judge
 
 ROOT = config.ROOT
 
@@ -60,29 +61,28 @@ def test_notebook_overrides_reach_the_targets_and_the_generators(tmp_path):
 # ---------------------------------------------------------------- 2. degenerate runs
 def test_a_collapsed_generator_stops_with_its_cause_and_is_not_cached(runs):
     with pytest.raises(inversion.DegenerateRun, match=r"every sample is the same image.*lr 1e\+12 is too high; try 1e\+11"):
-        experiments.run("smoke", "inversion", "digits", {"train_size": 100, "lr": 1e12})
+        method_run("smoke", "inversion", "digits", {"train_size": 100, "lr": 1e12})
     assert not list((runs / "attacks").glob("*.safetensors"))
     assert not (runs / "samples").exists()
 
 
 def test_a_generator_at_chance_stops_with_its_cause(runs):
     with pytest.raises(inversion.DegenerateRun, match=r"only \d+% of the samples.*chance is 10%.*lr \(1e-09\)"):
-        experiments.run("smoke", "tldr", "digits", {"train_size": 100, "lr": 1e-9})
+        method_run("smoke", "tldr", "digits", {"train_size": 100, "lr": 1e-9})
     assert not list((runs / "attacks").glob("*.safetensors"))
 
 
-def test_only_the_profiles_own_settings_write_the_figures_samples(runs):
-    own = experiments.settings("smoke", "tldr")
+def test_only_the_figures_run_writes_the_figures_samples(runs):
+    own = config.settings("smoke", "tldr")
     figure = runs / "samples" / "tldr_mnist.safetensors"
-    assert experiments.samples_path("smoke", "tldr", "mnist", own) == figure
-    # a datasets override is how make figures picks data: the samples are still the profile's own
-    assert experiments.samples_path("smoke", "tldr", "mnist", experiments.settings(
-        "smoke", "tldr", {"datasets": ["mnist"]})) == figure
-    for other in ({"generator_seed": 1}, {"lr": 0.01}, {"weights": {"tv": 0.0}}):
-        path = experiments.samples_path("smoke", "tldr", "mnist", experiments.settings("smoke", "tldr", other))
+    assert experiments.samples_path(runs, "tldr", "mnist", own, figures=True) == figure
+    for other in ({}, {"generator_seed": 1}, {"lr": 0.01}):
+        path = experiments.samples_path(runs, "tldr", "mnist", config.settings("smoke", "tldr", other))
         assert path.parent == runs / "samples" / "variants"
-    assert experiments.samples_path("smoke", "tldr", "mnist", own, trained_target=False).parent.name == "variants"
-    result = experiments.run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
+    assert experiments.samples_path(runs, "tldr", "mnist", own, False, figures=True).parent.name == "variants"
+    first = experiments.samples_path(runs, "tldr", "mnist", config.settings("smoke", "tldr", {"lr": 0.01}))
+    assert first != experiments.samples_path(runs, "tldr", "mnist", config.settings("smoke", "tldr", {"lr": 0.02}))
+    result = method_run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
     assert result["samples_path"].parent == runs / "samples" / "variants"
     assert not (runs / "samples" / "tldr_digits.safetensors").exists()
 
@@ -168,23 +168,23 @@ def test_the_makefile_leaves_publishing_to_the_report():
 
 # ---------------------------------------------------------------- 5. values out of range
 @pytest.mark.parametrize("section, override, message", [
-    ("invert", {"steps": -5}, r"steps must be a whole number >= 1; got -5"),
-    ("invert", {"batch_size": 0}, r"batch_size must be a whole number >= 2; got 0"),
-    ("invert", {"oversample": 0}, r"oversample must be a whole number >= 1; got 0"),
-    ("invert", {"lr": 0}, r"lr must be a number > 0; got 0"),
-    ("invert", {"lr": float("nan")}, r"lr must be a number > 0; got nan"),
-    ("invert", {"warmup": 1.5}, r"warmup must be a number >= 0 and <= 1; got 1.5"),
-    ("invert", {"weights": {"tv": -1}}, r"weights must be a dict of loss weights, each a number >= 0"),
-    ("invert", {"conditioning": "hot"}, r"conditioning must be one of label, vector, matrix, vector_matrix"),
-    ("invert", {"hot": "yes"}, r"hot must be true or false; got 'yes'"),
-    ("invert", {"train_size": 0}, r"train_size must be a whole number >= 1, or null"),
-    ("reconstruct", {"generator_seed": -1}, r"generator_seed must be a whole number >= 0, or null"),
+    ("inversion", {"steps": -5}, r"steps must be a whole number >= 1; got -5"),
+    ("inversion", {"batch_size": 0}, r"batch_size must be a whole number >= 2; got 0"),
+    ("inversion", {"oversample": 0}, r"oversample must be a whole number >= 1; got 0"),
+    ("inversion", {"lr": 0}, r"lr must be a number > 0; got 0"),
+    ("inversion", {"lr": float("nan")}, r"lr must be a number > 0; got nan"),
+    ("inversion", {"warmup": 1.5}, r"warmup must be a number >= 0 and <= 1; got 1.5"),
+    ("inversion", {"weights": {"tv": -1}}, r"weights must be a dict of loss weights, each a number >= 0"),
+    ("inversion", {"conditioning": "hot"}, r"conditioning must be one of label, vector, matrix, vector_matrix"),
+    ("inversion", {"hot": "yes"}, r"hot must be true or false; got 'yes'"),
+    ("inversion", {"train_size": 0}, r"train_size must be a whole number >= 1, or null"),
+    ("tldr", {"generator_seed": -1}, r"generator_seed must be a whole number >= 0, or null"),
     ("train_targets", {"archs": ["densenet"]}, r"archs must be a non-empty list, each one of mlp, cnn, vit, resnet"),
     ("evaluate", {"seeds": []}, r"seeds must be a non-empty list"),
     ("evaluate", {"methods": ["nope"]}, r"methods must be a non-empty list, each one of inversion, tldr"),
     ("make_figures", {"rows": 0}, r"rows must be a whole number >= 1"),
-    ("invert", {"datasets": ["imagenet"]}, r"datasets must be a non-empty list, each one of mnist"),
-    ("invert", {"device": "tpu"}, r"device must be"),
+    ("inversion", {"datasets": ["imagenet"]}, r"datasets must be a non-empty list, each one of mnist"),
+    ("inversion", {"device": "tpu"}, r"device must be"),
 ])
 def test_out_of_range_values_are_refused_with_the_range(section, override, message):
     with pytest.raises(ValueError, match=message):
@@ -202,13 +202,14 @@ def test_a_bad_value_is_refused_before_any_training(runs, monkeypatch):
     monkeypatch.setattr(inversion, "train_generator", lambda *a, **k: pytest.fail("trained before checking"))
     monkeypatch.setattr(targets, "train_classifier", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(ValueError, match="oversample must be"):
-        experiments.run("smoke", "tldr", "digits", {"oversample": 0})
+        method_run("smoke", "tldr", "digits", {"oversample": 0})
 
 
 # ---------------------------------------------------------------- 6. unknown method
 def test_run_names_the_valid_methods():
     with pytest.raises(ValueError, match="unknown method 'nope'; choose one of inversion, tldr"):
-        experiments.run("smoke", "nope", "digits")
+        experiments.run("nope", "digits", config.settings("smoke", "tldr"), config.settings("smoke", "train_targets"),
+                        config.run_dir("smoke"))
 
 
 # ---------------------------------------------------------------- 7. full disk, read-only folder
@@ -256,18 +257,18 @@ def test_nan_images_are_refused_up_front():
 
 # ---------------------------------------------------------------- 9. the evaluator: announced, trained once
 def test_training_a_target_says_what_and_how_long(runs, capsys):
-    targets.get_evaluator("smoke", "digits", "cnn")
+    judge("smoke", "digits", "cnn")
     out = capsys.readouterr().out
     assert re.search(r"training digits/resnet/n=\d+/seed=1 for 15 steps of 32 -> .*targets", out)
     x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
-    targets.train_classifier(targets.build_classifier("mlp", (1, 8, 8)), x, y, 25, 16, 1e-3, 0, announce=True,
+    training.train_classifier(targets.build_classifier("mlp", (1, 8, 8)), x, y, 25, 16, 1e-3, 0, announce=True,
                              desc="judge")
     assert "judge: about" in capsys.readouterr().out
 
 
 def test_two_processes_that_need_one_target_train_it_once(runs, monkeypatch):
     calls = []
-    real = targets.train_classifier
+    real = training.train_classifier
 
     def slow(*args, **kwargs):
         calls.append(1)
@@ -278,7 +279,7 @@ def test_two_processes_that_need_one_target_train_it_once(runs, monkeypatch):
     results = [None, None]
 
     def need(i):
-        results[i] = targets.get_target("smoke", "digits", "mlp", 100, seed=5)[1]
+        results[i] = target("smoke", "digits", "mlp", 100, seed=5)[1]
 
     threads = [threading.Thread(target=need, args=(i,)) for i in range(2)]
     for t in threads:
@@ -308,7 +309,7 @@ def test_bench_spreads_a_generators_training_over_its_images():
     cost = bench.per_image_costs("cpu", {"inversion": row(100.0), "tldr": row(200.0), "sampling": row(1.0),
                                          "deepinversion": row(50.0)})
     # cpu profile: generators 800 steps, oversample 2; deepinversion optimises a batch of 100 images
-    di_steps = config.attack_settings("cpu", "deepinversion")["steps"]
+    di_steps = edge.attack_settings("cpu", "deepinversion")["steps"]
     assert cost["deepinversion"] == pytest.approx(di_steps * 50 / 100)
     assert cost["tldr_at_1000"] == pytest.approx(800 * 200 / 1000 + 2 * 1.0)
     assert cost["deepinversion_over_inversion_at_10000"] == pytest.approx(di_steps * 50 / 100 / (800 * 100 / 10000 + 2))

@@ -1,20 +1,22 @@
 """tldr_utils: the thin library behind the TLDR notebooks.
 
-One concern per module: ``config`` (profiles, paths, seeding), ``data``
-(datasets and their provenance), ``store`` (atomic artifacts), ``models``
-(classifiers and the conditioned generator), ``targets`` (training target
-classifiers), ``inversion`` (generator training and every loss term),
-``metrics`` (leakage and utility), ``plotting`` (grids, schematics),
-``hooks`` (features and batch-norm inputs read by forward hooks), ``attacks``
-(every attack behind one interface) and ``auditing`` (``audit``: any classifier
-in, reconstructions and a verdict out).
+Layers, each importing only those below it:
+
+- bottom: ``rules`` (what a valid setting is), ``config`` (paths, profiles, seeding),
+  ``training`` (the training toolkit), ``store`` (atomic artifacts), ``hooks``;
+- middle: ``data`` (datasets and their provenance), ``models``, ``inversion`` (generator
+  training and its loss terms), ``attacks`` (every attack behind one interface),
+  ``metrics``, ``targets``, ``sweep``, ``experiments``, ``regime``, ``defence``,
+  ``architectures``, ``auditing`` (``audit``: any classifier in, a verdict out);
+- top: ``edge`` (profiles become settings objects), ``plotting``, ``report``, ``bench``.
+
+The modules that own a choice (datasets, architectures, attacks, methods, regimes) add the
+rules of their settings when imported; they are imported here, so that every profile can
+be checked whatever module a user imports first.
 """
 
+from . import attacks, data, experiments, models, regime  # noqa: F401  (owners of settings rules)
+from .auditing import audit
+
 __version__ = "0.1.0"
-
-
-def __getattr__(name):  # ``tldr_utils.audit`` without importing torch for every ``import tldr_utils``
-    if name == "audit":
-        from .auditing import audit
-        return audit
-    raise AttributeError(f"module 'tldr_utils' has no attribute {name!r}")
+__all__ = ["audit"]

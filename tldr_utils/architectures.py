@@ -26,7 +26,7 @@ from . import attacks as registry
 from . import auditing, config, data, metrics, store, sweep, targets
 from .metrics import wilcoxon_p
 from .models import build_classifier, split_points
-from .targets import accuracy, train_classifier
+from .training import accuracy, train_classifier
 
 
 def train_matched(archs, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,

@@ -22,12 +22,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from . import attacks as registry
-from . import config, data, inversion, metrics, store, targets
+from . import config, data, inversion, metrics, rules, store, training
 from .attacks.optimisation import class_statistics
 from .models import build_classifier
 
@@ -83,69 +82,75 @@ def _check_images(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
     return x.float().cpu(), y.long().cpu()
 
 
-def get_evaluator(images, labels, profile: str, seed: int, device, steps: int) -> torch.nn.Module:
-    """The independent judge for an audit: the profile's evaluation architecture (where the image
-    sides are multiples of 4, else an MLP) trained on the training images, cached in
-    ``runs/<profile>/evaluators`` under a hash of the data and its settings."""
-    cfg = config.settings(profile, "train_targets")
+# An audit's settings, with literal defaults (the default profile's scale): reconstructions of
+# each class, the generator attacks' steps, the judge's training, the bootstrap's resamples.
+# Any registered attack's name may also key a dict of that attack's own settings.
+DEFAULTS = {"per_class": 10, "generator_steps": 400, "evaluator_steps": 2000, "resamples": 1000,
+            "eval_arch": "resnet", "eval_shift": 2, "batch_size": 128, "lr": 0.002}
+
+
+def train_judge(images, labels, folder, settings: dict, seed: int, device) -> torch.nn.Module:
+    """The independent judge for an audit: ``settings['eval_arch']`` (where the image sides are
+    multiples of 4, else an MLP) trained on the training images, cached in ``<folder>/evaluators``
+    under a hash of the data and its settings."""
     shape, num_classes = tuple(images.shape[1:]), int(labels.max()) + 1
-    arch = cfg.eval_arch if shape[1] % 4 == 0 and shape[2] % 4 == 0 else "mlp"
-    spec = {"arch": arch, "steps": steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "shift": cfg.eval_shift, "seed": seed + 1, "data": store.tensor_hash(images, labels)}
-    path = config.run_dir(profile) / "evaluators" / f"{arch}_{store.config_hash(spec)}.safetensors"
+    arch = settings["eval_arch"] if shape[1] % 4 == 0 and shape[2] % 4 == 0 else "mlp"
+    steps, batch_size, lr, shift = (settings[k] for k in ("evaluator_steps", "batch_size", "lr", "eval_shift"))
+    spec = {"arch": arch, "steps": steps, "batch_size": batch_size, "lr": lr,
+            "shift": shift, "seed": seed + 1, "data": store.tensor_hash(images, labels)}
+    path = Path(folder) / "evaluators" / f"{arch}_{store.config_hash(spec)}.safetensors"
     torch.manual_seed(seed + 1)
     net = build_classifier(arch, shape, num_classes)
     with store.exclusive(path):
         if path.exists():
             store.load_model(path, net)
             return net.eval()
-        print(f"training the audit's evaluation classifier ({arch}, {spec['steps']} steps) -> {path}", flush=True)
-        targets.train_classifier(net, images, labels, spec["steps"], cfg.batch_size, cfg.lr, seed + 1,
-                                 device, desc="audit evaluator", shift=cfg.eval_shift,
-                                 announce=spec["steps"] >= 500)
+        print(f"training the audit's evaluation classifier ({arch}, {steps} steps) -> {path}", flush=True)
+        training.train_classifier(net, images, labels, steps, batch_size, lr, seed + 1, device,
+                                  desc="audit evaluator", shift=shift, announce=steps >= 500)
         store.save_model(path, net.cpu(), spec)
     return net.eval()
 
 
-def audit(model: torch.nn.Module, train, heldout, attacks=None, profile: str = config.DEFAULT_PROFILE,
-          seed: int = 0, evaluator: torch.nn.Module | None = None, feature_layer: str | None = None,
-          device: str | None = None, settings: dict | None = None, overrides: dict | None = None) -> Audit:
+def audit(model: torch.nn.Module, train, heldout, attacks=None, settings: dict | None = None, seed: int = 0,
+          evaluator: torch.nn.Module | None = None, feature_layer: str | None = None, device: str = "auto",
+          folder=None) -> Audit:
     """Reconstruct training data from ``model`` with every attack and say whether it leaks.
 
     ``train`` and ``heldout`` are pairs (images N x C x H x W in [0, 1], integer labels):
     the images the model was trained on, and images of the same classes it never saw.
-    ``attacks`` (default: every registered attack that applies to this many classes) names the attacks; ``profile``
-    sets their scale (``smoke`` for a quick look, ``cpu`` for real numbers): its ``audit``
-    section (changed by ``overrides``) gives the images per class, the generators' steps,
-    the evaluator's steps and the bootstrap resamples, and ``settings``
-    ({attack: {setting: value}}) changes single settings of an attack. ``evaluator`` is the
-    independent judge (default: trained here on ``train`` and cached); ``feature_layer``
-    names the layer whose input is the model's penultimate features (default: its last
-    ``nn.Linear``).
+    ``attacks`` (default: every registered attack that applies to this many classes) names the
+    attacks. ``settings`` changes the audit's ``DEFAULTS`` (reconstructions per class, the
+    generators' steps, the judge's training, the bootstrap) and, under an attack's name, that
+    attack's own settings: ``{"per_class": 4, "deepinversion": {"steps": 500}}``;
+    ``edge.audit_settings(profile)`` gives a profile's. ``evaluator`` is the independent judge
+    (default: trained here on ``train``, cached in ``folder``, default ``runs/cpu``);
+    ``feature_layer`` names the layer whose input is the model's penultimate features
+    (default: its last ``nn.Linear``).
     """
     x_train, y_train = _check_images("train", train)
     x_held, y_held = _check_images("heldout", heldout)
-    shape = tuple(x_train.shape[1:])
     num_classes = int(torch.cat([y_train, y_held]).max()) + 1
     names = list(attacks) if attacks is not None else registry.for_classes(num_classes)
     for name in names:
         registry.get(name)
-    unknown = sorted(set(settings or {}) - set(names))
+    settings = dict(settings or {})
+    unknown = sorted(k for k in settings if k not in DEFAULTS and k not in registry.ATTACKS)
     if unknown:
-        raise ValueError(f"settings name attacks that are not run: {unknown}; attacks run: {names}")
+        raise ValueError(f"unknown audit setting(s) {unknown}; valid: {', '.join(DEFAULTS)}, or an attack's "
+                         f"name ({', '.join(registry.ATTACKS)}) keying a dict of its settings")
+    cfg = {**DEFAULTS, **{k: v for k, v in settings.items() if k in DEFAULTS}}
+    rules.check(cfg, "audit settings")
     if x_held.shape[1:] != x_train.shape[1:]:
         raise ValueError(f"heldout images are {tuple(x_held.shape[1:])}, train images {tuple(x_train.shape[1:])}")
-    cfg = config.settings(profile, "audit", overrides)
-    resolved = {}  # every attack's settings, checked before any work
-    for n in names:
-        steps = {"steps": cfg.generator_steps} if n in config.GENERATOR_SECTIONS else {}
-        resolved[n] = config.attack_settings(profile, n, {**steps, **(settings or {}).get(n, {})})
-    device = torch.device(device or config.device(cfg))
+    resolved = {n: registry.configure(n, {}, {**registry.budget(n, cfg), **settings.get(n, {})})
+                for n in names}  # every attack's settings, checked before any work
+    device = config.device({"device": device})
     _reference_split(y_held, num_classes)  # refuse too few held-out images before training a judge
-    judge = evaluator if evaluator is not None else get_evaluator(x_train, y_train, profile, seed, device,
-                                                                 cfg.evaluator_steps)
-    return run_audit(model, (x_train, y_train), (x_held, y_held), resolved, cfg.per_class, judge, seed,
-                     cfg.resamples, device, feature_layer)
+    folder = config.run_dir(config.DEFAULT_PROFILE) if folder is None else folder
+    judge = evaluator if evaluator is not None else train_judge(x_train, y_train, folder, cfg, seed, device)
+    return run_audit(model, (x_train, y_train), (x_held, y_held), resolved, cfg["per_class"], judge, seed,
+                     cfg["resamples"], device, feature_layer)
 
 
 def _reference_split(y_held: torch.Tensor, num_classes: int) -> int:

@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from . import attacks, config, inversion, models, store, sweep
+from . import attacks, config, edge, inversion, models, store, sweep
 from .models import build_classifier
 
 CASES = ("inversion", "tldr", "sampling", "deepinversion")
@@ -51,7 +51,7 @@ def _generator_kwargs(cfg, device) -> dict:
 def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, steps: int, threads: int) -> dict:
     """Time one case in this (fresh) process: per repeat, wall and CPU seconds per unit of work."""
     torch.set_num_threads(threads)
-    cfg = config.settings(profile, config.GENERATOR_SECTIONS["tldr" if case == "tldr" else "inversion"])
+    cfg = config.settings(profile, "tldr" if case == "tldr" else "inversion")
     device = config.device(cfg)
     torch.manual_seed(0)
     net = build_classifier(arch, shape).eval()
@@ -63,7 +63,7 @@ def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, ste
             inversion.sample(G, per_class, device=device)
         what, unit = "sampling (200 images)", "ms/image"
     elif case == "deepinversion":
-        di = config.attack_settings(profile, "deepinversion", {"steps": steps})
+        di = edge.attack_settings(profile, "deepinversion", {"steps": steps})
         units = steps
 
         def work():  # one batch: batch_size images, each class batch_size / 10 times
@@ -131,11 +131,11 @@ def per_image_costs(profile: str, rows: dict) -> dict:
     """CPU milliseconds per image of each attack at the profile's settings, from the measured
     medians: a generator's training spread over ``AMORTISED`` images plus the draws of each
     image (``oversample`` of them), against DeepInversion, whose every batch is optimised anew."""
-    di = config.attack_settings(profile, "deepinversion")
+    di = edge.attack_settings(profile, "deepinversion")
     out = {"deepinversion": di["steps"] * rows["deepinversion"]["cpu_ms"]["median"] / di["batch_size"]}
     sample = rows["sampling"]["cpu_ms"]["median"]
     for method in ("inversion", "tldr"):
-        cfg = config.attack_settings(profile, method)
+        cfg = edge.attack_settings(profile, method)
         for n in AMORTISED:
             out[f"{method}_at_{n}"] = (cfg["steps"] * rows[method]["cpu_ms"]["median"] / n
                                        + cfg["oversample"] * sample)
@@ -156,7 +156,7 @@ def generator_cell(arch: str, steps: int, batch_size: int, seed: int) -> sweep.R
 def sweep_side_by_side(profile: str, k: int = 4, steps: int = 40) -> dict:
     """The same ``k`` generator cells in this process, then on one worker per core (see the module's text)."""
     cores = len(os.sched_getaffinity(0))
-    batch = config.attack_settings(profile, "tldr")["batch_size"]
+    batch = edge.attack_settings(profile, "tldr")["batch_size"]
     out = {"cells": k, "steps_per_cell": steps, "batch_size": batch, "cores": cores}
     for backend, workers, threads in (("inline", 1, cores), ("processes", cores, 1)):
         cells = [sweep.Cell("tldr_utils.bench:generator_cell", {"arch": ("cnn", "mlp")[i % 2], "steps": steps,
@@ -178,7 +178,7 @@ def sweep_side_by_side(profile: str, k: int = 4, steps: int = 40) -> dict:
 
 def reuse_side_by_side(profile: str, steps: int = 40) -> dict:
     """A generator attack trained anew against the same attack drawn from the generator a first run cached."""
-    cfg = {**config.attack_settings(profile, "tldr"), "steps": steps, "require_learned": False}
+    cfg = {**edge.attack_settings(profile, "tldr"), "steps": steps, "require_learned": False}
     torch.manual_seed(0)
     net = build_classifier("cnn", (1, 28, 28)).eval()
     with tempfile.TemporaryDirectory() as folder:
@@ -194,7 +194,7 @@ def reuse_side_by_side(profile: str, steps: int = 40) -> dict:
 def dropout_side_by_side(profile: str, steps: int = 20) -> dict:
     """Inversion generator steps with torch's own dropout (``F.dropout``, a ``bernoulli_`` mask)
     against the library's (``models.dropout``, a ``torch.rand`` mask), in this process."""
-    cfg = config.settings(profile, config.GENERATOR_SECTIONS["inversion"])
+    cfg = config.settings(profile, "inversion")
     torch.manual_seed(0)
     net = build_classifier("cnn", (1, 28, 28)).eval()
     kwargs = _generator_kwargs(cfg, config.device(cfg))

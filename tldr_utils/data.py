@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import rules
 from .config import DATA_DIR, ROOT
 
 DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10", "digits")
@@ -56,6 +57,27 @@ CLASSES = {"mnist": DIGIT_CLASSES, "fashion_mnist": FASHION_CLASSES, "svhn": DIG
 # torchvision's names for the IDX files of MNIST and Fashion-MNIST (the Debian copy uses them too)
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+
+
+def _sizes_ok(v) -> bool:
+    """A list of sizes, or (in ``train_targets``) a dict of such lists by dataset."""
+    if isinstance(v, dict):
+        return all(k in DATASETS and _SIZES[0](s) for k, s in v.items())
+    return _SIZES[0](v)
+
+
+_SIZES = rules.list_of(rules.SIZE)
+_DATASET = rules.choice(lambda: DATASETS)
+rules.add({
+    "datasets": rules.list_of(_DATASET), "dataset": _DATASET, "shift_dataset": _DATASET,
+    "train_sizes": (_sizes_ok, "a non-empty list of training-set sizes (whole numbers >= 1, or null for all); "
+                               "in train_targets, a dict of such lists by dataset"),
+    "min_test_accuracy": (lambda v: isinstance(v, dict) and all(k in DATASETS and rules.real(0, 1)[0](a)
+                                                               for k, a in v.items()),
+                          "a dict from dataset name to an accuracy between 0 and 1"),
+})
 
 
 class DatasetUnavailable(FileNotFoundError):

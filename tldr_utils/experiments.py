@@ -1,10 +1,10 @@
-"""The notebooks' edge for the paper's two methods: a profile and a dataset in, a scored attack out.
+"""The paper's two methods and the sweeps' cells: settings and a dataset in, a scored attack out.
 
-Profiles are read here and nowhere below: ``run`` turns a profile's section
-(``invert`` for ``inversion``, ``reconstruct`` for ``tldr``) and a notebook's
-overrides into the target, the evaluation classifier and the attack's settings,
-runs the attack through ``attacks.reconstruct`` (cached in
-``runs/<profile>/attacks``), and scores what comes back.
+``run`` takes a method's settings (the profile section named like it, read at the edge),
+the targets' recipe and a run folder; it gets the target and the independent judge,
+runs the attack through ``attacks.reconstruct`` (cached in ``<folder>/attacks``), and
+scores what comes back. The ``*_cell`` functions are the sweeps' units of work: plain
+descriptions in, metric rows out.
 """
 
 from __future__ import annotations
@@ -15,16 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import attacks, config, data, inversion, metrics, store, sweep, targets
+from . import attacks, config, data, inversion, metrics, rules, store, sweep, targets, training
 from .attacks.optimisation import class_statistics
 from .models import split_points
-
-
-def settings(profile: str, method: str, overrides: dict | None = None) -> config.Settings:
-    """The settings of ``method`` ("inversion" or "tldr"): its profile section, then ``overrides``, checked."""
-    if method not in config.GENERATOR_SECTIONS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(config.GENERATOR_SECTIONS)}")
-    return config.settings(profile, config.GENERATOR_SECTIONS[method], overrides)
 
 
 def _share_by_class(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
@@ -41,15 +34,17 @@ def heldout_and_fresh(test_labels: torch.Tensor, per_class: int, seed: int) -> t
 
 
 @functools.lru_cache(maxsize=None)
-def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: int, heldout_per_class: int) -> dict:
-    """What samples are compared with, measured once per run directory and dataset: the
+def real_reference(folder, judge_spec: tuple, seed: int, heldout_per_class: int) -> dict:
+    """What samples are compared with, measured once per run folder and judge (``judge_spec``, the
+    items of ``targets.evaluator_spec``, hashable for the memo): the
     evaluator's accuracy on the real test images (all, and of each class) and their within-class
     SSIM; the judge's features of ``heldout_per_class`` held-out test images of each class (the
     reference of ``metrics.realism``), and the realism of a second, disjoint set of real test
     images against them (the ceiling, scored exactly like samples)."""
-    real = data.load_dataset(dataset, "test")
-    judge, _ = targets.get_evaluator(profile, dataset, target_arch)
-    hits = targets.predict(judge, real.float()).argmax(1) == real.labels
+    judge_spec = dict(judge_spec)
+    real = data.load_dataset(judge_spec["dataset"], "test")
+    judge, _ = targets.get(folder, judge_spec)
+    hits = training.predict(judge, real.float()).argmax(1) == real.labels
     held, fresh = heldout_and_fresh(real.labels, heldout_per_class, seed)
     features = metrics.penultimate_features(judge, real.float()[held])
     realism = metrics.realism(features, real.labels[held], metrics.penultimate_features(judge, real.float()[fresh]),
@@ -61,36 +56,38 @@ def real_reference(run_dir, profile: str, dataset: str, target_arch: str, seed: 
 
 
 REALISM = ("precision", "recall", "density", "coverage", "fid")  # metrics.realism's scores kept as rows
+METHODS = ("inversion", "tldr")  # the paper's two methods, each a generator attack with its own section
+rules.add({"methods": rules.list_of(rules.choice(lambda: METHODS))})
 
 
-def _generator(profile: str, r, net, image_shape, num_classes: int, seed: int):
+def _generator(folder, r, net, image_shape, num_classes: int, seed: int):
     """The generator behind generator attack result ``r``: in ``r`` when it was just trained; for a
     result loaded from the cache (which keeps images, not networks), from the generators' cache."""
     if "generator" in r.extra:
         return r.extra["generator"]
     problem = attacks.Problem(net, tuple(image_shape), num_classes, 1, torch.device("cpu"),
-                              cache=config.run_dir(profile) / "attacks")
+                              cache=Path(folder) / "attacks")
     return attacks.generator.trained_generator(problem, r.settings, seed)[0]
 
 
-def utility(profile: str, G, net, cfg, dataset: str) -> dict:
+def utility(folder, recipe: dict, G, net, cfg, dataset: str) -> dict:
     """What ``cfg.utility_images`` images drawn from the trained generator ``G`` are worth
     for training: a fresh classifier of the target's architecture, trained for ``cfg.utility_steps``
     with the target's batch size and learning rate on them, with their conditioned labels
     (``utility_hard``) or distilled from the target's softmax on them (``utility_distilled``); each
     as real-test accuracy and as a ratio to that of the same classifier trained the same way on the
-    target's real training images (``utility_real``, cached as a target)."""
-    recipe = config.settings(profile, "train_targets")
+    target's real training images (``utility_real``, cached as a target in ``folder``); ``recipe``
+    is the targets' ``train_targets`` settings."""
     n = cfg.utility_images // G.num_classes
     images, labels = inversion.sample(G, n, hot=cfg.hot, seed=cfg.seed + 1, soft_scale=cfg.soft_scale,
                                       target=net, oversample=cfg.oversample)
     test = data.load_dataset(dataset, "test")
-    _, real = targets.train(config.run_dir(profile), dataset, cfg.arch, cfg.train_size, cfg.seed, cfg.utility_steps,
-                            recipe.batch_size, recipe.lr, device=cfg.device)
+    _, real = targets.train(folder, dataset, cfg.arch, cfg.train_size, cfg.seed, cfg.utility_steps,
+                            recipe["batch_size"], recipe["lr"], device=cfg.device)
     out = {"utility_real": real["test_accuracy"]}
     for name, teacher in (("utility_hard", None), ("utility_distilled", net)):
         acc = metrics.synthetic_utility(images, labels, test.float(), test.labels, cfg.arch, cfg.utility_steps,
-                                        recipe.batch_size, recipe.lr, seed=cfg.seed, device=config.device(cfg),
+                                        recipe["batch_size"], recipe["lr"], seed=cfg.seed, device=config.device(cfg),
                                         teacher=teacher)
         out |= {name: acc, f"{name}_ratio": acc / real["test_accuracy"]}
     return out
@@ -101,17 +98,17 @@ def _attack_seed(cfg) -> int:
     return cfg.seed if cfg.get("generator_seed") is None else cfg.generator_seed
 
 
-def run(profile: str, method: str, dataset: str, overrides: dict | None = None, trained_target: bool = True,
-        save: bool = True) -> dict:
-    """Run ``method`` against the target that the profile (and ``overrides``) name, score it, save it.
+def run(method: str, dataset: str, cfg: dict, recipe: dict, folder, trained_target: bool = True,
+        save: bool = True, figures: bool = False) -> dict:
+    """Run ``method`` ("inversion" or "tldr") against the target that ``cfg`` (its section of a
+    profile: ``config.settings(profile, method)``) names, score it, save it.
 
-    ``overrides`` changes any setting of the method's section, e.g.
-    ``{"train_size": 10000, "seed": 1}`` or ``{"weights": {"tv": 0}}``. ``seed``
-    picks the target and, unless ``generator_seed`` is set, the attack's seed
-    (the generator's initialisation, batches and draws); ``{"generator_seed": 1}``
-    runs the attack again against the same target. ``trained_target=False``
-    attacks the untrained control target instead (a generator at chance is then
-    expected, not refused).
+    ``recipe`` (the ``train_targets`` settings) trains the target and the judge, cached in
+    ``folder`` (``config.run_dir(profile)``) with the attack. ``cfg.seed`` picks the target
+    and, unless ``generator_seed`` is set, the attack's seed (the generator's initialisation,
+    batches and draws); ``{"generator_seed": 1}`` runs the attack again against the same
+    target. ``trained_target=False`` attacks the untrained control target instead (a
+    generator at chance is then expected, not refused).
 
     The samples' class is judged twice: by the target itself and by an
     independently trained evaluation classifier (another architecture, another
@@ -122,26 +119,30 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
     class (of the samples, and of real test images), the class it gives each
     sample, tidy metric rows (the per-class accuracies as metric
     ``evaluator_accuracy_of_class``, one row per class) and the ``attacks.Reconstruction``.
-    ``save`` writes the samples to ``runs/<profile>/samples/<method>_<dataset>``
-    (the ones the figures show), with the scores and ``oversample`` in their metadata.
+    ``save`` writes the samples with the scores and ``oversample`` in their metadata:
+    to ``samples/<method>_<dataset>`` (which the figures draw) when ``figures``, else to
+    ``samples/variants/`` under a hash of the settings, so a trial never replaces them.
     """
-    cfg = settings(profile, method, overrides)
-    net, target_meta = targets.get_target(profile, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    net, target_meta = targets.get(folder, targets.spec(recipe, dataset, cfg.arch, cfg.train_size, cfg.seed,
+                                                        trained=trained_target))
     train = data.load_dataset(dataset, "train")
     chosen = {k: cfg[k] for k in attacks.get(method).defaults if k in cfg} | {"require_learned": trained_target}
     attack_seed = _attack_seed(cfg)
     n, classes = cfg.samples_per_class, train.classes
     r = attacks.reconstruct(method, net, train.images.shape[1:], len(classes), n, chosen, attack_seed,
-                            config.device(cfg), cache=config.run_dir(profile) / "attacks")
+                            config.device(cfg), cache=Path(folder) / "attacks")
     images, labels = r.images, r.labels
-    judge, judge_meta = targets.get_evaluator(profile, dataset, cfg.arch)
-    predicted = targets.predict(judge, images).argmax(1)
+    judge_spec = targets.evaluator_spec(recipe, dataset, cfg.arch)
+    judge, judge_meta = targets.get(folder, judge_spec)
+    predicted = training.predict(judge, images).argmax(1)
     judged = predicted == labels
-    real = real_reference(config.run_dir(profile), profile, dataset, cfg.arch, cfg.seed, cfg.heldout_per_class)
+    real = real_reference(str(folder), tuple(judge_spec.items()), cfg.seed, cfg.heldout_per_class)
     # prdc needs three vectors of a class on each side: fewer samples (a quick trial) go unmeasured
     realism = (metrics.realism(real["features"], real["labels"], metrics.penultimate_features(judge, images), labels)
                if n >= 3 else {})
-    scores = {"target_accuracy": targets.accuracy(net, images, labels),
+    scores = {"target_accuracy": training.accuracy(net, images, labels),
               "evaluator_accuracy": judged.float().mean().item(), "evaluator": judge_meta["arch"],
               "evaluator_real_accuracy": judge_meta["test_accuracy"],
               # variety: recognisable samples that are all alike would still pass both judges
@@ -149,11 +150,11 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
               "real_within_class_ssim": real["within_class_ssim"], **{m: realism[m] for m in REALISM if m in realism}}
     if cfg.oversample > 1:  # what the selection buys and costs: the same scores on the first n draws of each class
         first, first_labels = r.extra["unselected_images"], r.extra["unselected_labels"]
-        scores |= {"evaluator_accuracy_unselected": targets.accuracy(judge, first, first_labels),
+        scores |= {"evaluator_accuracy_unselected": training.accuracy(judge, first, first_labels),
                    "within_class_ssim_unselected": metrics.within_class_ssim(first, first_labels, seed=cfg.seed)}
     if cfg.utility_images:
-        G = _generator(profile, r, net, train.images.shape[1:], len(classes), attack_seed)
-        scores |= utility(profile, G, net, cfg, dataset)
+        G = _generator(folder, r, net, train.images.shape[1:], len(classes), attack_seed)
+        scores |= utility(folder, recipe, G, net, cfg, dataset)
     by_class = {"samples": _share_by_class(judged, labels, len(classes)), "real": real["evaluator_accuracy_by_class"]}
     key = {"dataset": dataset, "arch": cfg.arch, "method": method,
            "train_size": targets.size_label(cfg.train_size), "seed": attack_seed, "evaluator": judge_meta["arch"]}
@@ -175,32 +176,29 @@ def run(profile: str, method: str, dataset: str, overrides: dict | None = None, 
             "target_test_accuracy": target_meta.get("test_accuracy")}
     path = None
     if save:
-        path = samples_path(profile, method, dataset, cfg, trained_target)
+        path = samples_path(folder, method, dataset, cfg, trained_target, figures)
         store.save_tensors(path, {"images": images, "labels": labels}, {**meta, **scores})
     return {"images": images, "labels": labels, "classes": classes, "meta": meta, "rows": rows, "scores": scores,
             "evaluator_accuracy_by_class": by_class, "evaluator_predictions": predicted, "samples_path": path,
             "reconstruction": r}
 
 
-def other_seeds(profile: str, method: str, dataset: str, overrides: dict | None = None) -> list[dict]:
-    """``run`` against the same target once for each of the section's ``generator_seeds`` but the one
-    ``run`` itself used (how much one training of the generator decides); their samples are not
-    the figures', so they are not saved."""
-    cfg = settings(profile, method, overrides)
+def other_seeds(method: str, dataset: str, cfg: dict, recipe: dict, folder) -> list[dict]:
+    """``run`` against the same target once for each of ``cfg.generator_seeds`` but the one ``run``
+    itself used (how much one training of the generator decides); their samples are not the
+    figures', so they are not saved."""
     first = _attack_seed(cfg)
-    return [run(profile, method, dataset, {**(overrides or {}), "generator_seed": s}, save=False)
+    return [run(method, dataset, config.Settings({**cfg, "generator_seed": s}), recipe, folder, save=False)
             for s in cfg.generator_seeds if s != first]
 
 
-def samples_path(profile: str, method: str, dataset: str, cfg: dict, trained_target: bool = True):
+def samples_path(folder, method: str, dataset: str, cfg: dict, trained_target: bool = True,
+                 figures: bool = False) -> Path:
     """Where ``run`` saves samples: ``samples/<method>_<dataset>.safetensors``, which the figures
-    draw, for the profile's own settings only; any other settings (an override of
-    anything but ``datasets``, or the untrained target) go to ``samples/variants/``
-    under a hash of their settings, so a trial never replaces the figures' samples."""
-    folder = config.run_dir(profile) / "samples"
-    own = settings(profile, method)
-    if trained_target and {k: v for k, v in cfg.items() if k != "datasets"} == \
-            {k: v for k, v in own.items() if k != "datasets"}:
+    draw, for the figures' run (``figures``, of the trained target); any other run goes to
+    ``samples/variants/`` under a hash of its settings."""
+    folder = Path(folder) / "samples"
+    if figures and trained_target:
         return folder / f"{method}_{dataset}.safetensors"
     variant = store.config_hash({**cfg, "trained_target": trained_target})
     return folder / "variants" / f"{method}_{dataset}_{variant}.safetensors"

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from . import targets
+from . import rules, training
 from .hooks import BatchNormInputs, Features, batch_norm_layers, feature_input
 from .models import Generator
 
@@ -45,6 +45,7 @@ EXTRA_TERMS = ("bn", "diversity")  # not in the paper: a feature-statistics prio
 TERMS = TLDR_TERMS + EXTRA_TERMS
 FEATURE_TERMS = {"cos", "ortho"}  # the terms that read the classifier's penultimate features
 PERTURBATIONS = ("adversarial", "random")  # how the robustness terms perturb an image
+rules.add({"perturbation": rules.choice(lambda: PERTURBATIONS)})
 LOSS_VERSION = 6  # part of every cached generator attack's key: bump when a loss term or the generator changes
 SOFT_SCALE = 16.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
 
@@ -347,7 +348,7 @@ def most_confident(net, images, labels, per_class: int, device="cpu"):
     data) used once more at sampling time, and it uses the target only: an
     attacker holding the weights can always draw more and keep the best.
     """
-    log_p = torch.log_softmax(targets.predict(net, images, device), 1)[torch.arange(len(labels)), labels]
+    log_p = torch.log_softmax(training.predict(net, images, device), 1)[torch.arange(len(labels)), labels]
     keep = []
     for k in labels.unique():
         members = torch.nonzero(labels == k).flatten()
@@ -375,7 +376,7 @@ def check_not_degenerate(G: Generator, net, cfg, desc: str = "generator", per_cl
             f"collapsed. Likely cause: lr {cfg.lr:g} is too high; try {cfg.lr / 10:g}. Nothing was cached.")
     if net is None:
         return
-    share, chance = targets.accuracy(net, images, labels), 1 / G.num_classes
+    share, chance = training.accuracy(net, images, labels), 1 / G.num_classes
     if share <= 1.5 * chance:
         raise DegenerateRun(
             f"{desc}: the target puts only {share:.0%} of the samples in their class (chance is {chance:.0%}), "

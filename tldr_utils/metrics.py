@@ -16,7 +16,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from . import targets
+from . import training
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,7 @@ def leakage_report(recon, recon_labels, train, train_labels, heldout, heldout_la
     report["identifiability"] = (to_train["l2"] < margin * to_heldout["l2"]).float().mean().item()
     report["within_class_ssim"] = within_class_ssim(recon, recon_labels, seed=seed)
     if evaluator is not None:
-        report["evaluator_accuracy"] = targets.accuracy(evaluator, recon, recon_labels)
+        report["evaluator_accuracy"] = training.accuracy(evaluator, recon, recon_labels)
     return report
 
 
@@ -179,12 +179,12 @@ def synthetic_utility(images, labels, test_images, test_labels, arch: str = "cnn
     from .models import build_classifier
 
     if teacher is not None:
-        labels = torch.softmax(targets.predict(teacher, images, device), 1)
+        labels = torch.softmax(training.predict(teacher, images, device), 1)
     torch.manual_seed(seed)
     net = build_classifier(arch, tuple(images.shape[1:]), int(test_labels.max()) + 1)
-    targets.train_classifier(net, images, labels, steps, batch_size, lr, seed, device,
+    training.train_classifier(net, images, labels, steps, batch_size, lr, seed, device,
                              desc="distilled" if teacher is not None else "utility")
-    return targets.accuracy(net, test_images, test_labels, device)
+    return training.accuracy(net, test_images, test_labels, device)
 
 
 # ----------------------------------------------------------------- realism, coverage and a paired verdict
@@ -297,8 +297,8 @@ def attack_scores(images, labels, model, judge, train, reference, real_features=
         real_features = penultimate_features(judge, reference[0], device)
     leak = leakage_report(images, labels, *train, *reference, seed=seed)
     paired = paired_leakage(images, labels, *train, *reference, seed, resamples)
-    scores = {"target_accuracy": targets.accuracy(model, images, labels, device),
-              "evaluator_accuracy": targets.accuracy(judge, images, labels, device),
+    scores = {"target_accuracy": training.accuracy(model, images, labels, device),
+              "evaluator_accuracy": training.accuracy(judge, images, labels, device),
               **realism(real_features, reference[1], penultimate_features(judge, images, device), labels)}
     scores |= {k: leak[k] for k in ("within_class_ssim", "nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap",
                                     "identifiability", "copying_z")}
@@ -317,7 +317,7 @@ def paired_quality(recon: torch.Tensor, truth: torch.Tensor, labels: torch.Tenso
     out = {"ssim": ssim_pairs(recon, truth).mean().item(),
            "psnr": peak_signal_noise_ratio(recon, truth, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean().item()}
     if evaluator is not None and labels is not None:
-        out["evaluator_accuracy"] = targets.accuracy(evaluator, recon, labels, device)
+        out["evaluator_accuracy"] = training.accuracy(evaluator, recon, labels, device)
     return out
 
 

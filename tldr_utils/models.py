@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import rules
+
 ARCHS = ("mlp", "cnn", "vit", "resnet")
 CONDITIONINGS = ("label", "vector", "matrix", "vector_matrix")
 
@@ -134,7 +136,7 @@ class HomogeneousMLP(Classifier):
     """A bias-free ReLU MLP for two classes, homogeneous in its weights: the positive control's
     model (``attacks.kkt``). Its one output is the margin Phi; the logits are (-Phi/2, Phi/2), so
     cross-entropy on them is the logistic loss of Phi and the margin is their difference. Inputs
-    are centred on the buffer ``centre`` (mid-grey until ``targets.train_to_margin`` sets it to the
+    are centred on the buffer ``centre`` (mid-grey until ``training.train_to_margin`` sets it to the
     training images' mean, as Haim et al. centre their data). ``init_scale`` shrinks the default
     initialisation (they train from a small one)."""
 
@@ -315,3 +317,13 @@ class Generator(nn.Module):
         # dropout at the coarse resolutions only: at full resolution it would be pixel noise
         x = dropout(self.up1(x), self.dropout)
         return torch.sigmoid(self.out(self.up2(x)))
+
+
+rules.add({
+    "archs": rules.list_of(rules.choice(lambda: ARCHS)),
+    "compare_archs": rules.list_of(rules.choice(lambda: ARCHS), empty_ok=True),
+    "arch": rules.choice(lambda: ARCHS),
+    "eval_arch": rules.choice(lambda: ARCHS),
+    "conditioning": rules.choice(lambda: CONDITIONINGS),
+    "upsample": rules.choice(lambda: UPSAMPLINGS),
+})

@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import attacks, config, data, inversion, metrics, store, sweep
+from . import attacks, config, data, inversion, metrics, rules, store, sweep
 from .attacks.optimisation import class_statistics
 from .models import HomogeneousMLP, build_classifier
-from .targets import accuracy, train_classifier, train_to_margin
+from .training import accuracy, train_classifier, train_to_margin
 
 # how each kind of target is trained, beyond the common settings
 REGIMES = {"plain": {"weight_decay": 0.0, "shift": 0},
@@ -31,6 +31,31 @@ REGIMES = {"plain": {"weight_decay": 0.0, "shift": 0},
            "augment": {"weight_decay": 0.0, "shift": 2}}
 # the leakage metrics read against the band; on each, leakage raises the number
 METRICS = ("membership_auc", "identifiability", "nn_ssim_gap")
+
+# the positive control's settings (the leakage_regime section's ``control``)
+CONTROL_RULES = {
+    "dataset": rules.choice(lambda: data.DATASETS), "per_class": rules.whole(1),
+    "init_scale": rules.real(0, low_open=True), "weight_decay": rules.real(0),
+    "train_steps": rules.whole(1), "train_lr": rules.real(0, low_open=True),
+    "candidates": rules.whole(1), "heldout_per_class": rules.whole(1),
+    "classes": ((lambda v: isinstance(v, list) and len(v) == 2 and v[0] != v[1]
+                 and all(rules.whole(0)[0](c) for c in v)), "two different class numbers"),
+    "hidden": rules.list_of(rules.whole(1)),
+    "seeds": ((lambda v: rules.list_of(rules.whole(0))[0](v) and len(set(v)) >= 2),
+              "a list of at least two different seeds (the others train the cross-target controls)"),
+}
+
+
+def _control_ok(v) -> bool:
+    return isinstance(v, dict) and set(v) == set(CONTROL_RULES) and all(
+        CONTROL_RULES[k][0](x) for k, x in v.items())
+
+
+rules.add({
+    "regimes": rules.list_of(rules.choice(lambda: list(REGIMES))),
+    "control": (_control_ok, lambda: "a dict of the positive control's settings, exactly the keys "
+                                     f"{', '.join(CONTROL_RULES)}, each valid"),
+})
 
 
 def disjoint_sets(labels: torch.Tensor, per_class: int, seeds) -> dict:
@@ -67,7 +92,7 @@ def get_target(folder, arch: str, regime: str, images: torch.Tensor, labels: tor
 def get_control(folder, images: torch.Tensor, labels: torch.Tensor, *, hidden, init_scale: float,
                 weight_decay: float, steps: int, lr: float, seed: int, device="cpu"):
     """The positive control's network: a ``models.HomogeneousMLP`` of ``hidden`` widths trained by
-    ``targets.train_to_margin`` on ``images`` (two classes, labels 0 and 1), cached in ``folder``.
+    ``training.train_to_margin`` on ``images`` (two classes, labels 0 and 1), cached in ``folder``.
     Returns ``(net, meta)``, as ``get_target``."""
     spec = {"hidden": list(hidden), "init_scale": init_scale, "weight_decay": weight_decay, "steps": steps,
             "lr": lr, "seed": seed, "data": store.tensor_hash(images, labels)}

@@ -192,7 +192,7 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     if len(shown):
         judges = ", ".join(f"`{a}`" for a in sorted(shown["evaluator"].dropna().unique()))
         seed = config.settings(profile, "train_targets").eval_seed
-        n_utility = config.settings(profile, "invert").utility_images
+        n_utility = config.settings(profile, "inversion").utility_images
         text = ("**Figures 3-4**, mean ± standard deviation over the generators trained against one target "
                 "(`seeds`), beside real test images (`real_test`), the ceiling. `target_accuracy` and "
                 f"`evaluator_accuracy`: the share of samples in their conditioned class for the target and for the "

@@ -8,114 +8,14 @@ stale file.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import config, data, store, sweep
 from .models import ARCHS, build_classifier
-
-
-def random_shift(images: torch.Tensor, pixels: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each image moved by its own random offset of up to ``pixels`` in each direction, the
-    uncovered border filled with zeros (the background of every dataset here)."""
-    if not pixels:
-        return images
-    n, c, h, w = images.shape
-    padded = F.pad(images, (pixels,) * 4)
-    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]
-    return padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-
-
-def descend(opt, sched, loss: torch.Tensor, desc: str, step: int, lr: float, inputs=None) -> None:
-    """One step of ``opt`` (and its schedule) down ``loss``, its gradient taken only into ``inputs``
-    when given; a non-finite loss stops the run, naming ``lr``. Shared by classifier training and
-    the optimisation attacks."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower lr (now {lr})")
-    opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=inputs)
-    opt.step()
-    sched.step()
-
-
-def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, lr: float,
-                     seed: int, device="cpu", desc: str = "train", shift: int = 0, announce: bool = False,
-                     stop=None, weight_decay: float = 1e-4) -> list[float]:
-    """AdamW (decoupled ``weight_decay``) with cosine decay for ``steps`` minibatches of shuffled ``images`` in [0, 1],
-    each image moved by up to ``shift`` pixels (``random_shift``) when ``shift`` is nonzero.
-    ``announce`` prints, after the first steps, how long the whole training will take.
-    ``stop(step)``, when given, is asked after every step (1, 2, ...) and ends the training early by
-    returning True; it may evaluate the network (training resumes in train mode)."""
-    gen = torch.Generator().manual_seed(seed)
-    net.to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
-    losses, order, pos = [], torch.randperm(len(images), generator=gen), 0
-    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
-    start = time.time()
-    for step in bar:
-        if pos + batch_size > len(order):
-            order, pos = torch.randperm(len(images), generator=gen), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
-        loss = F.cross_entropy(net(random_shift(images[idx], shift, gen).to(device)), labels[idx].to(device))
-        descend(opt, sched, loss, desc, step, lr)
-        losses.append(loss.item())
-        if announce and step == min(19, steps - 1):
-            per_step = (time.time() - start) / (step + 1)
-            print(f"{desc}: about {per_step * steps / 60:.1f} minutes for {steps} steps "
-                  f"({per_step:.2f} s a step on this machine)", flush=True)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if stop is not None:
-            if stop(step + 1):
-                break
-            net.train()
-    return losses
-
-
-def train_to_margin(net, images: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
-                    weight_decay: float = 0.0, device="cpu", desc: str = "to a large margin") -> list[float]:
-    """Full-batch gradient descent on cross-entropy, with ``weight_decay``, for ``steps`` steps, the
-    network's inputs centred first on the images' mean (where it has a ``centre``). On a
-    homogeneous two-class network (``models.HomogeneousMLP``) the weights then satisfy the
-    stationarity equation of the positive control (``attacks.kkt``): trained long without decay,
-    that of the max-margin problem (Haim et al. 2022); with decay, that of the regularised loss,
-    which also erases the part of the initial weights that no gradient ever reaches
-    (Buzaglo et al. 2023)."""
-    net.to(device).train()
-    x, y = images.to(device), labels.to(device)
-    if hasattr(net, "centre"):
-        net.centre.copy_(x.mean(0, keepdim=True))
-    opt = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    losses = []
-    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
-    for step in bar:
-        loss = F.cross_entropy(net(x), y)
-        descend(opt, sched, loss, desc, step, lr)
-        losses.append(loss.item())
-        if step % 200 == 0:
-            bar.set_postfix(loss=f"{loss.item():.2e}")
-    return losses
-
-
-@torch.no_grad()
-def predict(net, images: torch.Tensor, device="cpu", batch_size: int = 1000) -> torch.Tensor:
-    """Logits of ``net`` (in eval mode) on ``images``, batched."""
-    net.to(device).eval()
-    return torch.cat([net(images[i:i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
-
-
-def accuracy(net, images, labels, device="cpu") -> float:
-    return (predict(net, images, device).argmax(1) == labels).float().mean().item()
+from .training import accuracy, train_classifier
 
 
 def size_label(train_size: int | None):
@@ -128,21 +28,32 @@ def training_indices(train: data.ImageSet, train_size: int | None, seed: int) ->
     return data.stratified_subset(train.labels, train_size, seed)
 
 
-def spec(profile: str, dataset: str, arch: str, train_size: int | None = None, seed: int = 0, trained: bool = True,
-         overrides: dict | None = None) -> dict:
-    """The plain description of a target that the profile's ``train_targets`` section (and ``overrides``)
-    names: what ``train`` takes, and what a sweep cell carries instead of the profile's name."""
-    cfg = config.settings(profile, "train_targets", overrides)
+def spec(recipe: dict, dataset: str, arch: str, train_size: int | None = None, seed: int = 0,
+         trained: bool = True) -> dict:
+    """The plain description of a target trained by ``recipe`` (a profile's ``train_targets``
+    settings): what ``train`` takes, and what a sweep cell carries."""
     return {"dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed,
-            "steps": cfg.steps if trained else 0, "batch_size": cfg.batch_size, "lr": cfg.lr, "shift": 0,
-            "device": cfg.device}
+            "steps": recipe["steps"] if trained else 0, "batch_size": recipe["batch_size"], "lr": recipe["lr"],
+            "shift": 0, "device": recipe["device"]}
 
 
-def evaluator_spec(profile: str, dataset: str, target_arch: str, overrides: dict | None = None) -> dict:
-    """The plain description of the evaluation classifier for targets of ``target_arch`` (see ``get_evaluator``)."""
-    cfg = config.settings(profile, "train_targets", overrides)
-    return {**spec(profile, dataset, get_evaluator_arch(profile, target_arch, overrides), None, cfg.eval_seed,
-                   overrides=overrides), "steps": cfg.eval_steps, "shift": cfg.eval_shift}
+def evaluator_arch(recipe: dict, target_arch: str) -> str:
+    """The judge's architecture: the recipe's ``eval_arch``, unless that is the target's."""
+    eval_arch = recipe["eval_arch"]
+    return eval_arch if eval_arch != target_arch else next(a for a in ARCHS if a != target_arch)
+
+
+def evaluator_spec(recipe: dict, dataset: str, target_arch: str) -> dict:
+    """The plain description of the independent judge of reconstructions from targets of
+    ``target_arch``: another architecture, another seed, all the data.
+
+    It is trained for ``eval_steps`` on images moved by up to ``eval_shift`` pixels: the
+    generators are trained to hold their class under such moves (their ``shift``), so
+    where a sample sits within a few pixels is arbitrary, and a judge that is not
+    tolerant of it would score placement rather than content. The first ``get`` of it
+    trains it (minutes on a CPU: it says how long before it starts) and caches it."""
+    judge = spec(recipe, dataset, evaluator_arch(recipe, target_arch), None, recipe["eval_seed"])
+    return {**judge, "steps": recipe["eval_steps"], "shift": recipe["eval_shift"]}
 
 
 def train(folder, dataset: str, arch: str, train_size: int | None, seed: int, steps: int, batch_size: int, lr: float,
@@ -198,32 +109,7 @@ def target_cell(folder, **target) -> sweep.Result:
                         notes=[f"trained in {meta['seconds']:.0f}s" if meta.get("seconds") else "loaded"])
 
 
-def get_target(profile: str, dataset: str, arch: str, train_size: int | None = None, seed: int = 0,
-               trained: bool = True, steps: int | None = None, shift: int = 0, overrides: dict | None = None):
-    """The target classifier that ``profile`` names for these choices (``train``, cached in
-    ``runs/<profile>/targets``). ``trained=False`` gives the untrained control. ``steps``
-    (default: the profile's) and ``shift`` are for the evaluation classifier, which is trained
-    longer and on shifted images. ``overrides`` changes settings of the profile's
-    ``train_targets`` section, as in notebook 01."""
-    s = spec(profile, dataset, arch, train_size, seed, trained, overrides)
-    if steps is not None and trained:
-        s["steps"] = steps
-    return train(config.run_dir(profile), **{**s, "shift": shift})
-
-
-def get_evaluator_arch(profile: str, target_arch: str, overrides: dict | None = None) -> str:
-    """The evaluation classifier's architecture: the profile's ``eval_arch``, unless that is the target's."""
-    eval_arch = config.settings(profile, "train_targets", overrides).eval_arch
-    return eval_arch if eval_arch != target_arch else next(a for a in ARCHS if a != target_arch)
-
-
-def get_evaluator(profile: str, dataset: str, target_arch: str, overrides: dict | None = None):
-    """An independent judge of reconstructions: another architecture, another seed, all the data.
-
-    It is trained for ``eval_steps`` on images moved by up to ``eval_shift`` pixels: the
-    generators are trained to hold their class under such moves (their ``shift``), so
-    where a sample sits within a few pixels is arbitrary, and a judge that is not
-    tolerant of it would score placement rather than content. The first call for a
-    dataset trains it (minutes on a CPU: it says how long before it starts) and
-    caches it for every later one."""
-    return train(config.run_dir(profile), **evaluator_spec(profile, dataset, target_arch, overrides))
+def get(folder, spec: dict):
+    """``(net, meta)`` of the classifier that ``spec`` describes (``spec``, ``evaluator_spec``),
+    trained in ``folder`` the first time (``train``) and loaded from there afterwards."""
+    return train(folder, **spec)

@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from .. import config, inversion, store
+from .. import config, inversion, rules, store
 from ..models import Generator
-from . import Problem, register
+from .base import Problem, attack
 
 _COMMON = {"conditioning": "vector_matrix", "upsample": "resize", "soft_scale": 16.0, "steps": 800, "batch_size": 64,
            "lr": 0.003, "shift": 2, "warmup": 0.5, "epsilon": 0.1, "perturbation": "random", "oversample": 2,
@@ -102,9 +102,14 @@ def _train(problem: Problem, cfg: dict, weights: dict, seed: int, path):
     return G, history, {**cost, "reused": False}
 
 
-register("inversion", INVERSION, config.RULES,
-         "network inversion: one generator conditioned on soft class vectors (the paper's Section 3)",
-         version=inversion.LOSS_VERSION)(train_and_sample)
-register("tldr", TLDR, config.RULES,
-         "training-like reconstruction: the generator steered by confidence, robustness and small weight "
-         "gradients (the paper's Section 4)", version=inversion.LOSS_VERSION)(train_and_sample)
+_GENERATOR_BUDGET = {"steps": "generator_steps", "batch_size": "generator_batch_size"}
+inversion_attack = attack(
+    "inversion", INVERSION, rules.RULES,
+    "network inversion: one generator conditioned on soft class vectors (the paper's Section 3)",
+    version=inversion.LOSS_VERSION, budget=_GENERATOR_BUDGET,
+)(train_and_sample)
+tldr_attack = attack(
+    "tldr", TLDR, rules.RULES,
+    "training-like reconstruction: the generator steered by confidence, robustness and small weight "
+    "gradients (the paper's Section 4)", version=inversion.LOSS_VERSION, budget=_GENERATOR_BUDGET,
+)(train_and_sample)

@@ -32,15 +32,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import config
-from ..targets import descend
-from . import Problem, register
-from .optimisation import _WEIGHT
+from .. import rules
+from ..training import descend
+from .base import Problem, attack
 
 KKT = {"steps": 5000, "lr": 0.003, "lambda_min": 0.01, "init_scale": 0.001, "range": 1.0}
-_POSITIVE = config._real(0, low_open=True)
-RULES = {"steps": config.RULES["steps"], "lr": _POSITIVE, "lambda_min": _POSITIVE, "init_scale": _POSITIVE,
-         "range": _WEIGHT}
+_POSITIVE = rules.real(0, low_open=True)
+RULES = {"steps": rules.RULES["steps"], "lr": _POSITIVE, "lambda_min": _POSITIVE, "init_scale": _POSITIVE,
+         "range": rules.WEIGHT}
 
 
 def margin(net, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
@@ -71,7 +70,7 @@ def brightest_white(centre: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return (centre + c.view(-1, *[1] * (u.dim() - 1)) * u).clamp(0, 1)
 
 
-@register("kkt", KKT, RULES,
+@attack("kkt", KKT, RULES,
           "Haim et al. 2022 / Buzaglo et al. 2023: candidates and coefficients fitted to the stationarity "
           "equation of a two-class homogeneous network; the positive control", classes=2)
 def kkt(problem: Problem, cfg: dict, seed: int):

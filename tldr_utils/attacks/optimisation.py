@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import config
+from .. import rules
 from ..hooks import BatchNormInputs, batch_norm_layers
 from ..inversion import jitter, stats_distance
-from ..targets import descend
-from . import Problem, register
+from ..training import descend
+from .base import Problem, attack
 
 DEEPINVERSION = {"steps": 2000, "batch_size": 100, "lr": 0.05, "ce": 1.0, "bn": 0.05, "first_bn_multiplier": 10.0,
                  "tv_l1": 0.0, "tv_l2": 0.01, "l2": 0.0, "jitter": 2, "flip": False}
@@ -39,14 +39,9 @@ BN_CLASSWISE = dict(DEEPINVERSION)
 MIFACE = {"steps": 300, "lr": 0.05, "tv": 0.5}
 
 
-def _weight_ok(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-
-
-_WEIGHT = (_weight_ok, "a number >= 0")
-RULES = {"steps": config.RULES["steps"], "batch_size": config.RULES["batch_size"], "lr": config.RULES["lr"],
-         "jitter": config.RULES["shift"], "flip": config.RULES["hot"],
-         **{k: _WEIGHT for k in ("ce", "bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "tv")}}
+RULES = {"steps": rules.RULES["steps"], "batch_size": rules.RULES["batch_size"], "lr": rules.RULES["lr"],
+         "jitter": rules.RULES["shift"], "flip": rules.FLAG,
+         **{k: rules.WEIGHT for k in ("ce", "bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "tv")}}
 
 
 # ----------------------------------------------------------------- priors and statistics
@@ -121,7 +116,7 @@ def _in_batches(problem: Problem, cfg: dict, seed: int, bn_loss, name: str):
     return torch.cat(out)[order], labels[order], cfg["steps"] * len(starts), {}
 
 
-@register("deepinversion", DEEPINVERSION, RULES,
+@attack("deepinversion", DEEPINVERSION, RULES,
           "DeepInversion (Yin et al. 2020): images optimised from noise to match the stored batch-norm statistics")
 def deepinversion(problem: Problem, cfg: dict, seed: int):
     running = [(m.running_mean, m.running_var) for m in batch_norm_layers(problem.model)]
@@ -133,7 +128,7 @@ def deepinversion(problem: Problem, cfg: dict, seed: int):
     return _in_batches(problem, cfg, seed, bn_loss if running else None, "deepinversion")
 
 
-@register("bn_classwise", BN_CLASSWISE, RULES,
+@attack("bn_classwise", BN_CLASSWISE, RULES,
           "class-wise batch-norm statistics synthesis (Soufleri et al. 2022): the data owner's synthetic dataset",
           needs=("class_stats",))
 def bn_classwise(problem: Problem, cfg: dict, seed: int):
@@ -157,7 +152,7 @@ def bn_classwise(problem: Problem, cfg: dict, seed: int):
     return _in_batches(problem, cfg, seed, bn_loss, "bn_classwise")
 
 
-@register("miface", MIFACE, RULES,
+@attack("miface", MIFACE, RULES,
           "MI-Face (Fredrikson et al. 2015): each image descends 1 - p(class | x) with a smoothness prior")
 def miface(problem: Problem, cfg: dict, seed: int):
     net, device = problem.model.to(problem.device), problem.device

@@ -27,17 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import config, store
+from .. import rules, store
 from ..hooks import BatchNormInputs, batch_norm_layers
 from ..inversion import stats_distance
-from ..targets import descend
-from . import Problem, register
+from ..training import descend
+from .base import Problem, attack
 from .optimisation import RULES as _OPT_RULES, tv_losses
 
 SPLIT_OPTIMISATION = {"steps": 400, "lr": 0.05, "tv": 0.01, "bn": 0.01, "first_bn_multiplier": 1.0}
 SPLIT_DECODER = {"steps": 300, "batch_size": 32, "lr": 0.003, "width": 32}
 SPLIT_DATAFREE = {"steps": 300, "batch_size": 32, "lr": 0.003, "width": 32, "cycle": 1.0}
-RULES = {**_OPT_RULES, "width": config.RULES["batch_size"], "cycle": _OPT_RULES["tv"]}
+RULES = {**_OPT_RULES, "width": rules.RULES["batch_size"], "cycle": _OPT_RULES["tv"]}
 
 
 # ----------------------------------------------------------------- the inverse modules
@@ -112,7 +112,7 @@ def _decode(module: nn.Module, a: torch.Tensor, device, batch_size: int = 500) -
 
 
 # ----------------------------------------------------------------- the attacks
-@register("split_optimisation", SPLIT_OPTIMISATION, RULES,
+@attack("split_optimisation", SPLIT_OPTIMISATION, RULES,
           "images optimised from noise until the device's blocks map them onto the activations the server saw",
           kind="features")
 def split_optimisation(problem: Problem, cfg: dict, seed: int):
@@ -139,7 +139,7 @@ def split_optimisation(problem: Problem, cfg: dict, seed: int):
     return x.detach(), problem.labels, steps, {}
 
 
-@register("split_decoder", SPLIT_DECODER, RULES,
+@attack("split_decoder", SPLIT_DECODER, RULES,
           "a decoder the attacker trains on its own images to map the activations back to the input",
           needs=("aux",), kind="features")
 def split_decoder(problem: Problem, cfg: dict, seed: int):
@@ -194,7 +194,7 @@ def block_inverses(blocks: list[nn.Module], image_shape: tuple, cfg: dict, seed:
     return inverses
 
 
-@register("split_datafree", SPLIT_DATAFREE, RULES,
+@attack("split_datafree", SPLIT_DATAFREE, RULES,
           "Dong et al. 2022: per-block inverses trained on no real data with cycle consistency, composed",
           kind="features")
 def split_datafree(problem: Problem, cfg: dict, seed: int):
