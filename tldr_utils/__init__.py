@@ -15,8 +15,10 @@ rules of their settings when imported; they are imported here, so that every pro
 be checked whatever module a user imports first.
 """
 
-from . import attacks, data, experiments, models, regime  # noqa: F401  (owners of settings rules)
+from . import attacks, data, datasets, experiments, models, regime  # noqa: F401  (owners of settings rules)
 from .auditing import audit
+
+data.register(*datasets.BUILTIN)
 
 __version__ = "0.1.0"
 __all__ = ["audit"]
