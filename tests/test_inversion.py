@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tldr_utils import inversion
+from tldr_utils import inversion, sampling
 from tldr_utils.models import build_classifier
 
 
@@ -177,7 +177,7 @@ def test_generator_training_is_deterministic_for_a_seed():
 def test_tv_weight_in_training_makes_smoother_samples():
     G_plain, _ = _tiny_generator({"ce": 1.0})
     G_tv, _ = _tiny_generator({"ce": 1.0, "tv": 5.0})
-    tv = lambda G: inversion.tv_term(inversion.sample(G, 10)[0]).item()  # noqa: E731
+    tv = lambda G: inversion.tv_term(sampling.sample(G, 10)[0]).item()  # noqa: E731
     assert tv(G_tv) < 0.7 * tv(G_plain)
 
 
@@ -188,18 +188,18 @@ def test_training_lowers_the_inversion_loss():
 
 def test_sample_gives_every_class_in_order():
     G, _ = _tiny_generator({"ce": 1.0})
-    images, labels = inversion.sample(G, 3, seed=4)
+    images, labels = sampling.sample(G, 3, seed=4)
     assert images.shape == (30, 1, 8, 8)
     assert torch.equal(labels, torch.arange(10).repeat_interleave(3))
-    assert torch.equal(images, inversion.sample(G, 3, seed=4)[0])
+    assert torch.equal(images, sampling.sample(G, 3, seed=4)[0])
 
 
 def test_oversampling_keeps_the_draws_the_target_is_most_confident_in():
     G, _ = _tiny_generator({"ce": 1.0})
     torch.manual_seed(0)
     judge = build_classifier("mlp", (1, 8, 8)).eval()
-    draws, draw_labels = inversion.sample(G, 12, seed=4)
-    images, labels = inversion.sample(G, 3, seed=4, target=judge, oversample=4)
+    draws, draw_labels = sampling.sample(G, 12, seed=4)
+    images, labels = sampling.sample(G, 3, seed=4, target=judge, oversample=4)
     assert images.shape == (30, 1, 8, 8)
     assert torch.equal(labels, torch.arange(10).repeat_interleave(3))
     with torch.no_grad():
@@ -207,23 +207,23 @@ def test_oversampling_keeps_the_draws_the_target_is_most_confident_in():
     for k in range(10):  # the kept images are the top 3 of the class's 12 draws, no other
         best = log_p[draw_labels == k].topk(3).indices.sort().values
         assert torch.equal(images[labels == k], draws[draw_labels == k][best])
-    assert torch.equal(inversion.sample(G, 3, seed=4, target=judge, oversample=1)[0],
-                       inversion.sample(G, 3, seed=4)[0])
+    assert torch.equal(sampling.sample(G, 3, seed=4, target=judge, oversample=1)[0],
+                       sampling.sample(G, 3, seed=4)[0])
 
 
 def test_oversampling_needs_a_target_and_a_whole_factor():
     G, _ = _tiny_generator({"ce": 1.0})
     with pytest.raises(ValueError, match="needs the target"):
-        inversion.sample(G, 3, oversample=2)
+        sampling.sample(G, 3, oversample=2)
     with pytest.raises(ValueError, match="whole number"):
-        inversion.sample(G, 3, oversample=0)
+        sampling.sample(G, 3, oversample=0)
 
 
 def test_robustness_weight_in_training_makes_samples_survive_the_worst_step(net):
     def rise_under_attack(weights):  # how much the worst step of size 0.1 raises the samples' CE
         G, _ = inversion.train_generator(net, (1, 16, 16), 10, weights, steps=30, batch_size=16, lr=3e-3,
                                          perturbation="adversarial")
-        images, labels = inversion.sample(G, 10)
+        images, labels = sampling.sample(G, 10)
         worst = inversion.adversarial_perturbation(net, images, labels, 0.1)
         with torch.no_grad():
             return F.cross_entropy(net(worst), labels).item() - F.cross_entropy(net(images), labels).item()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tldr_utils import data, metrics, training
+from tldr_utils import data, metrics, quality, training
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_nearest_ssim_matches_brute_force_when_candidates_cover_the_class(digits
     ref, ry = digits["train"]
     got = metrics.nearest(q, qy, ref, ry, candidates=40)["ssim"]
     pool = (ry == 0).nonzero().flatten()
-    brute = torch.stack([metrics.ssim_pairs(q[i:i + 1].expand(len(pool), -1, -1, -1), ref[pool]).max()
+    brute = torch.stack([quality.ssim_pairs(q[i:i + 1].expand(len(pool), -1, -1, -1), ref[pool]).max()
                          for i in range(len(q))])
     assert torch.allclose(got, brute, atol=1e-5)
 
@@ -62,8 +62,8 @@ def test_nearest_ssim_matches_brute_force_when_candidates_cover_the_class(digits
 def test_within_class_ssim_is_one_for_identical_images_and_lower_for_real_ones(digits):
     x, y = digits["train"]
     same = x[y == 3][:1].expand(10, -1, -1, -1)
-    assert metrics.within_class_ssim(same, torch.full((10,), 3)) == pytest.approx(1.0, abs=1e-5)
-    assert metrics.within_class_ssim(x, y) < 0.6
+    assert quality.within_class_ssim(same, torch.full((10,), 3)) == pytest.approx(1.0, abs=1e-5)
+    assert quality.within_class_ssim(x, y) < 0.6
 
 
 def test_bad_inputs_are_named(digits):
@@ -88,6 +88,6 @@ def test_distilled_utility_learns_the_teachers_answers_not_the_given_labels(digi
     teacher = build_classifier("mlp", tuple(x.shape[1:]))
     training.train_classifier(teacher, x, y, 300, 64, 3e-3, seed=0)
     wrong = (y + 1) % 10
-    hard = metrics.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3)
-    distilled = metrics.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3, teacher=teacher)
+    hard = quality.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3)
+    distilled = quality.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3, teacher=teacher)
     assert hard < 0.2 and distilled > 0.7

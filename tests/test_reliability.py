@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from tldr_utils import bench, config, data, edge, experiments, inversion, metrics, report, store, targets, training
+from tldr_utils import bench, config, data, edge, experiments, inversion, metrics, report, sampling, store, targets, training
 from helpers import method_run, target, judge
 
 ROOT = config.ROOT
@@ -60,14 +60,14 @@ def test_notebook_overrides_reach_the_targets_and_the_generators(tmp_path):
 
 # ---------------------------------------------------------------- 2. degenerate runs
 def test_a_collapsed_generator_stops_with_its_cause_and_is_not_cached(runs):
-    with pytest.raises(inversion.DegenerateRun, match=r"every sample is the same image.*lr 1e\+12 is too high; try 1e\+11"):
+    with pytest.raises(sampling.DegenerateRun, match=r"every sample is the same image.*lr 1e\+12 is too high; try 1e\+11"):
         method_run("smoke", "inversion", "digits", {"train_size": 100, "lr": 1e12})
     assert not list((runs / "attacks").glob("*.safetensors"))
     assert not (runs / "samples").exists()
 
 
 def test_a_generator_at_chance_stops_with_its_cause(runs):
-    with pytest.raises(inversion.DegenerateRun, match=r"only \d+% of the samples.*chance is 10%.*lr \(1e-09\)"):
+    with pytest.raises(sampling.DegenerateRun, match=r"only \d+% of the samples.*chance is 10%.*lr \(1e-09\)"):
         method_run("smoke", "tldr", "digits", {"train_size": 100, "lr": 1e-9})
     assert not list((runs / "attacks").glob("*.safetensors"))
 
@@ -125,12 +125,14 @@ def _fingerprint(paths) -> dict:
 
 @pytest.fixture()
 def published(tmp_path, monkeypatch):
-    """A copy of the README and figures/ standing in for the committed ones, and a finished run."""
-    readme, figures = tmp_path / "README.md", tmp_path / "figures"
+    """A copy of RESULTS.md, the README and figures/ standing in for the committed ones, and a finished run."""
+    readme, figures = tmp_path / "RESULTS.md", tmp_path / "figures"
     readme.write_text(f"intro\n{report.START}\ncommitted numbers\n{report.END}\nrest\n")
+    (tmp_path / "README.md").write_text(f"intro\n{report.TIMES[0]}\ncommitted times\n{report.TIMES[1]}\n")
+    monkeypatch.setattr(report, "RESULTS", readme)
     figures.mkdir()
     (figures / "fig3.png").write_bytes(b"committed figure")
-    monkeypatch.setattr(report, "README", readme)
+    monkeypatch.setattr(report, "README", tmp_path / "README.md")
     monkeypatch.setattr(report, "FIGURES", figures)
     monkeypatch.setenv("TLDR_RUNS", str(tmp_path / "runs"))
     for profile in ("smoke", "cpu"):

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from tldr_utils import report
+from tldr_utils import report, tables
 
 
 def _rows():
@@ -15,7 +15,7 @@ def _rows():
 
 
 def test_tables_show_accuracy_and_mean_with_interval_over_seeds():
-    text = report.tables(_rows(), "cpu")
+    text = tables.tables(_rows(), "cpu")
     assert "| mnist | cnn | 0 | 0.97 |" in text
     assert "0.020 ± 0.127" in text  # mean of 0.01 and 0.03, t(0.975, 1) * sd / sqrt(2)
 
@@ -24,21 +24,23 @@ def test_readme_without_markers_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("TLDR_RUNS", str(tmp_path))
     (tmp_path / "cpu").mkdir()
     _rows().to_csv(tmp_path / "cpu" / "metrics.csv", index=False)
-    readme = tmp_path / "README.md"
-    readme.write_text("# no markers\n")
+    results, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
+    results.write_text("# no markers\n")
+    readme.write_text(f"x\n{report.TIMES[0]}\nlong ago\n{report.TIMES[1]}\ny\n")
     with pytest.raises(ValueError, match="markers"):
-        report.update_readme("cpu", readme)
-    readme.write_text(f"a\n{report.START}\nold\n{report.END}\nb\n")
-    report.update_readme("cpu", readme)
-    text = readme.read_text()
+        report.update_results("cpu", results, readme)
+    results.write_text(f"a\n{report.START}\nold\n{report.END}\nb\n")
+    report.update_results("cpu", results, readme)
+    text = results.read_text()
     assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text and "0.97" in text
+    assert "long ago" not in readme.read_text() and "times were not recorded" in readme.read_text()
 
 
 def test_figure_table_names_the_evaluator_recorded_with_the_scores():
     key = {"dataset": "mnist", "arch": "cnn", "method": "tldr", "train_size": "1000", "seed": 0, "evaluator": "mlp"}
     rows = pd.DataFrame([{**key, "metric": "target_accuracy", "value": 0.99},
                          {**key, "metric": "evaluator_accuracy", "value": 0.71}])
-    text = report.tables(rows, "cpu")
+    text = tables.tables(rows, "cpu")
     assert "classifier (`mlp`, seed 1)" in text  # the judge in the rows, not the profile's default (vit)
     assert "| mnist | tldr | ours | 1 | 0.990 | 0.710 |" in text
 
@@ -47,7 +49,7 @@ def test_figure_table_sets_the_paper_loss_control_beside_our_loss_and_leaves_out
     key = {"dataset": "mnist", "arch": "cnn", "method": "inversion", "train_size": "all", "seed": 0, "evaluator": "vit"}
     rows = pd.DataFrame([{**key, "metric": "evaluator_accuracy", "value": v, "setting": s}
                          for s, v in (("main", 0.6), ("paper_loss", 0.1), ("sweep", 0.42))])
-    text = report.tables(rows, "cpu")
+    text = tables.tables(rows, "cpu")
     assert "| mnist | inversion | ours | 1 | 0.600 |" in text
     assert "| mnist | inversion | paper only | 1 | 0.100 |" in text
     assert "0.42" not in text
@@ -62,7 +64,7 @@ def test_figure_table_gives_mean_and_deviation_over_generator_seeds_beside_real_
                         + [{"dataset": "mnist", "method": "real_test", "train_size": "all", "seed": 0,
                             "metric": m, "value": v} for m, v in (("evaluator_accuracy", 0.99),
                                                                   ("within_class_ssim", 0.55))])
-    text = report.tables(rows, "cpu")
+    text = tables.tables(rows, "cpu")
     assert "| mnist | tldr | ours | 3 | 0.800 ± 0.100 | 0.610 ± 0.000 | 0.940 ± 0.040 |" in text
     assert "| mnist | real_test | - | 1 | 0.990 | 0.550 | - |" in text
 
@@ -77,7 +79,7 @@ def test_findings_count_the_blocks_that_pass_and_name_the_weakest_classes_and_te
              for c, v in zip("abcd", values)]
     rows += [{**key, "dataset": "mnist", "method": m, "metric": "evaluator_accuracy", "value": v, "setting": "sweep"}
              for m, v in (("tldr", 0.6), ("tldr_without_bn", 0.2), ("tldr_without_tv", 0.65), ("tldr_without_cos", 0.55))]
-    text = report.findings(pd.DataFrame(rows).fillna({"class": ""}), "cpu")
+    text = tables.findings(pd.DataFrame(rows).fillna({"class": ""}), "cpu")
     assert "the evaluator (`vit`) 70.0% to 85.0%; 1 of 2 reach 80%." in text
     assert "mnist tldr: b 20% (real 90%), d 40% (real 70%), c 50% (real 80%)." in text
     assert "largest drop without `bn` (20.0%); every other term moves it by -5.0 to +5.0 points." in text
@@ -91,7 +93,7 @@ def test_findings_set_the_selected_samples_beside_the_unselected_draws():
             for m, v in zip(("evaluator_accuracy", "evaluator_accuracy_unselected",
                              "within_class_ssim", "within_class_ssim_unselected"), values)]
     rows += [{**key, "dataset": d, "metric": "target_accuracy", "value": 1.0} for d in ("mnist", "fashion_mnist")]
-    text = report.findings(pd.DataFrame(rows).assign(**{"class": ""}), "cpu")
+    text = tables.findings(pd.DataFrame(rows).assign(**{"class": ""}), "cpu")
     assert "81.0% to 86.0%; 2 of 2 reach 80%." in text
     assert "Without the selection at sampling time (the first draws of each class) the evaluator gives " \
            "74.0% to 78.0%; 0 of 2 reach 80%." in text
@@ -104,14 +106,14 @@ def test_run_time_is_read_from_the_executed_notebooks(tmp_path, monkeypatch):
     notebooks.mkdir(parents=True)
     for name, seconds in (("01_train_targets", 600), ("02_invert", 90)):
         (notebooks / f"{name}.ipynb").write_text(json.dumps({"metadata": {"papermill": {"duration": seconds}}}))
-    text = report.tables(_rows(), "cpu")
+    text = tables.tables(_rows(), "cpu")
     assert "Its notebooks took 12 minutes in all (01 10.0 + 02 1.5)," in text
 
 
 def test_spans_print_one_value_when_both_ends_agree_and_no_negative_zero():
-    assert report._span([0.571, 0.7224], "{:.1%}") == "57.1% to 72.2%"
-    assert report._span([0.5004, 0.4996]) == "0.500"
-    assert report._span([-0.0001, 0.0012], "{:+.3f}") == "+0.000 to +0.001"  # not "-0.000"
+    assert tables.span([0.571, 0.7224], "{:.1%}") == "57.1% to 72.2%"
+    assert tables.span([0.5004, 0.4996]) == "0.500"
+    assert tables.span([-0.0001, 0.0012], "{:+.3f}") == "+0.000 to +0.001"  # not "-0.000"
 
 
 def test_tables_show_every_attack_of_the_baselines_notebook():
@@ -119,7 +121,7 @@ def test_tables_show_every_attack_of_the_baselines_notebook():
     rows = [{**key, "method": a, "metric": m, "value": v}
             for a, v in (("deepinversion", 0.7), ("miface", 0.3))
             for m in ("evaluator_accuracy", "l2_diff", "synthetic_utility")]
-    text = report.tables(pd.DataFrame(rows), "cpu")
+    text = tables.tables(pd.DataFrame(rows), "cpu")
     assert "**Every attack on the same targets**" in text
     assert "| fashion_mnist | deepinversion | 1000 | 0.7 | 0.7 | 0.7 |" in text
     assert "| fashion_mnist | miface | 1000 | 0.3 | 0.3 | 0.3 |" in text
@@ -130,7 +132,7 @@ def test_split_computing_table_gives_each_depth_with_its_interval():
            "metric": "ssim"}
     rows = pd.DataFrame([{**key, "seed": s, "value": v, "setting": f"split_depth{d}"}
                          for d, values in ((1, (0.9, 0.8)), (2, (0.5, 0.5))) for s, v in enumerate(values)])
-    text = report.tables(rows, "cpu")
+    text = tables.tables(rows, "cpu")
     assert "**Split computing**" in text
     assert "| cnn | 1 | split_optimisation | 0.850 ± 0.635 |" in text and "| cnn | 2 | split_optimisation | 0.500 ± 0.000 |" in text
 
@@ -141,7 +143,7 @@ def test_defence_table_gives_each_lambda_with_its_accuracy_and_the_attackers_ssi
             for lam, acc, ssim in ((0.0, 0.9, 0.6), (100.0, 0.88, 0.35))
             for method, metric, value in (("classifier", "test_accuracy", acc), ("split_decoder", "ssim", ssim))]
     rows.append({**key, "setting": "defence_floor", "method": "class_mean", "metric": "ssim", "value": 0.3})
-    text = report.tables(pd.DataFrame(rows), "cpu")
+    text = tables.tables(pd.DataFrame(rows), "cpu")
     assert "**The defence**" in text and "the class alone (its mean image) gives SSIM 0.300" in text
     assert "| arch | lambda | classifier test_accuracy | split_decoder ssim |" in text
     assert "| cnn | 0.0 | 0.9 | 0.6 |" in text and "| cnn | 100.0 | 0.88 | 0.35 |" in text
@@ -156,7 +158,7 @@ def test_architectures_table_puts_the_matched_accuracy_beside_every_attack():
             rows += [{**key, "method": "classifier", "metric": "test_accuracy", "value": acc},
                      {**key, "method": "tldr", "metric": "membership_auc", "value": 0.5},
                      {**key, "method": "split_optimisation_first", "metric": "ssim", "value": 0.9}]
-    text = report.tables(pd.DataFrame(rows), "cpu")
+    text = tables.tables(pd.DataFrame(rows), "cpu")
     assert "**Architectures at matched accuracy**" in text
     assert "| dataset | train_size | arch | test_accuracy | method | membership_auc | ssim |" in text
     assert "| fashion_mnist | 1000 | cnn | 0.810 ± 0.000 | tldr | 0.500 ± 0.000 | - |" in text
@@ -176,7 +178,7 @@ def test_leakage_regime_tables_say_for_every_attack_and_size_whether_it_lies_out
     rows = regime.metric_rows(bands, "leakage_regime", 10) + regime.metric_rows(control, "leakage_control", 2)
     rows.append({"dataset": "mnist", "arch": "homogeneous_mlp", "method": "kkt", "train_size": 20, "seed": 0,
                  "setting": "leakage_control", "metric": "recovered", "value": 0.15})
-    text = report.tables(pd.DataFrame(rows).astype({"train_size": str}), "cpu")
+    text = tables.tables(pd.DataFrame(rows).astype({"train_size": str}), "cpu")
     assert "recovered 15% of them" in text and "membership_auc 0.900 (0.300 to 0.700) **outside**" in text
     assert "| fashion_mnist | mlp | plain | miface | 0.800 (0.400 to 0.600) **outside** | 0.500 (0.400 to 0.600) inside |" in text
     assert "n=10 | n=100" in text

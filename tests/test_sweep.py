@@ -21,7 +21,7 @@ def _cells(folder, bad_lr=None):
               "lr": 0.01, "shift": 0, "device": "cpu"}
     judge = {**target, "train_size": None, "seed": 1}
     cells = [sweep.Cell("tldr_utils.targets:target_cell", {"folder": str(folder), **t}, cpus=1) for t in (target, judge)]
-    cells.append(sweep.Cell("tldr_utils.experiments:controls_cell",
+    cells.append(sweep.Cell("tldr_utils.cells:controls_cell",
                             {"folder": str(folder), "target": target, "judge": judge, "heldout_per_class": 5}, cpus=1))
     if bad_lr is not None:
         cells.append(sweep.Cell("tldr_utils.targets:target_cell", {"folder": str(folder), **target, "lr": bad_lr},

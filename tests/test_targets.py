@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tldr_utils import config, experiments, inversion, store, targets, training
+from tldr_utils import config, experiments, inversion, sampling, store, targets, training
 from helpers import method_run, target, judge
 
 
@@ -97,7 +97,7 @@ def test_generator_run_on_rgb_images_with_every_tldr_term():
     net = targets.build_classifier("cnn", (3, 32, 32)).eval()
     weights = {t: 1.0 for t in inversion.TERMS}
     G, history = inversion.train_generator(net, (3, 32, 32), 10, weights, hot=True, steps=2, batch_size=8, shift=2)
-    images, labels = inversion.sample(G, 2, hot=True)
+    images, labels = sampling.sample(G, 2, hot=True)
     assert images.shape == (20, 3, 32, 32) and set(history[-1]) == set(inversion.TERMS) | {"total"}
 
 

@@ -9,7 +9,7 @@ two controls that cannot leak: real held-out images the model never saw
 The verdict rests on paired comparisons with intervals (``metrics.paired_leakage``):
 do the same reconstructions sit closer to the training images than to held-out
 ones, and do they single training images out (membership AUC)? Realism and
-coverage are ``metrics.realism`` (precision, recall, density, coverage and an FID) in the feature space of an
+coverage are ``quality.realism`` (precision, recall, density, coverage and an FID) in the feature space of an
 evaluation classifier trained on the training images; ``copying_z`` is in the
 table for reference but measures how smooth images are as much as leakage, so
 the verdict never uses it.
@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import attacks as registry
-from . import config, data, inversion, metrics, rules, store, training
+from . import attacks as registry, quality, sampling
+from . import config, data, metrics, rules, store, training
 from .attacks.optimisation import class_statistics
 from .models import build_classifier
 
@@ -175,7 +175,7 @@ def run_audit(model: torch.nn.Module, train, heldout, settings: dict, per_class:
     ref = data.heldout_indices(y_held, half, seed)
     control = data.heldout_indices(y_held, half, seed + 1, exclude=ref)
     x_ref, y_ref = x_held[ref], y_held[ref]
-    real_features = metrics.penultimate_features(judge, x_ref, device)
+    real_features = quality.penultimate_features(judge, x_ref, device)
 
     def score(name, images, labels, cost=None) -> list[dict]:
         values = metrics.attack_scores(images, labels, model, judge, (x_train, y_train), (x_ref, y_ref),
@@ -201,7 +201,7 @@ def run_audit(model: torch.nn.Module, train, heldout, settings: dict, per_class:
             try:
                 r = registry.reconstruct(name, model, shape, num_classes, per_class, settings[name], seed, device,
                                          feature_layer, class_stats=stats)
-            except inversion.DegenerateRun as err:
+            except sampling.DegenerateRun as err:
                 failed[name] = str(err)
                 continue
             samples[name] = (r.images, r.labels)

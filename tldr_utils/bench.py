@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from . import attacks, config, edge, inversion, models, store, sweep
+from . import attacks, config, edge, inversion, models, sampling, store, sweep
 from .models import build_classifier
 
 CASES = ("inversion", "tldr", "sampling", "deepinversion")
@@ -60,7 +60,7 @@ def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, ste
         per_class, units = 20, 200
 
         def work():
-            inversion.sample(G, per_class, device=device)
+            sampling.sample(G, per_class, device=device)
         what, unit = "sampling (200 images)", "ms/image"
     elif case == "deepinversion":
         di = edge.attack_settings(profile, "deepinversion", {"steps": steps})

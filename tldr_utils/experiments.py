@@ -13,11 +13,8 @@ import functools
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from . import attacks, config, data, inversion, metrics, rules, store, sweep, targets, training
-from .attacks.optimisation import class_statistics
-from .models import split_points
+from . import attacks, config, data, quality, rules, sampling, store, targets, training
 
 
 def _share_by_class(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
@@ -39,23 +36,23 @@ def real_reference(folder, judge_spec: tuple, seed: int, heldout_per_class: int)
     items of ``targets.evaluator_spec``, hashable for the memo): the
     evaluator's accuracy on the real test images (all, and of each class) and their within-class
     SSIM; the judge's features of ``heldout_per_class`` held-out test images of each class (the
-    reference of ``metrics.realism``), and the realism of a second, disjoint set of real test
+    reference of ``quality.realism``), and the realism of a second, disjoint set of real test
     images against them (the ceiling, scored exactly like samples)."""
     judge_spec = dict(judge_spec)
     real = data.load_dataset(judge_spec["dataset"], "test")
     judge, _ = targets.get(folder, judge_spec)
     hits = training.predict(judge, real.float()).argmax(1) == real.labels
     held, fresh = heldout_and_fresh(real.labels, heldout_per_class, seed)
-    features = metrics.penultimate_features(judge, real.float()[held])
-    realism = metrics.realism(features, real.labels[held], metrics.penultimate_features(judge, real.float()[fresh]),
+    features = quality.penultimate_features(judge, real.float()[held])
+    realism = quality.realism(features, real.labels[held], quality.penultimate_features(judge, real.float()[fresh]),
                               real.labels[fresh])
     return {"evaluator_accuracy": hits.float().mean().item(),
             "evaluator_accuracy_by_class": _share_by_class(hits, real.labels, len(real.classes)),
-            "within_class_ssim": metrics.within_class_ssim(real.float(), real.labels, seed=seed),
+            "within_class_ssim": quality.within_class_ssim(real.float(), real.labels, seed=seed),
             "features": features, "labels": real.labels[held], "realism": realism}
 
 
-REALISM = ("precision", "recall", "density", "coverage", "fid")  # metrics.realism's scores kept as rows
+REALISM = ("precision", "recall", "density", "coverage", "fid")  # quality.realism's scores kept as rows
 METHODS = ("inversion", "tldr")  # the paper's two methods, each a generator attack with its own section
 rules.add({"methods": rules.list_of(rules.choice(lambda: METHODS))})
 
@@ -79,14 +76,14 @@ def utility(folder, recipe: dict, G, net, cfg, dataset: str) -> dict:
     target's real training images (``utility_real``, cached as a target in ``folder``); ``recipe``
     is the targets' ``train_targets`` settings."""
     n = cfg.utility_images // G.num_classes
-    images, labels = inversion.sample(G, n, hot=cfg.hot, seed=cfg.seed + 1, soft_scale=cfg.soft_scale,
+    images, labels = sampling.sample(G, n, hot=cfg.hot, seed=cfg.seed + 1, soft_scale=cfg.soft_scale,
                                       target=net, oversample=cfg.oversample)
     test = data.load_dataset(dataset, "test")
     _, real = targets.train(folder, dataset, cfg.arch, cfg.train_size, cfg.seed, cfg.utility_steps,
                             recipe["batch_size"], recipe["lr"], device=cfg.device)
     out = {"utility_real": real["test_accuracy"]}
     for name, teacher in (("utility_hard", None), ("utility_distilled", net)):
-        acc = metrics.synthetic_utility(images, labels, test.float(), test.labels, cfg.arch, cfg.utility_steps,
+        acc = quality.synthetic_utility(images, labels, test.float(), test.labels, cfg.arch, cfg.utility_steps,
                                         recipe["batch_size"], recipe["lr"], seed=cfg.seed, device=config.device(cfg),
                                         teacher=teacher)
         out |= {name: acc, f"{name}_ratio": acc / real["test_accuracy"]}
@@ -140,18 +137,18 @@ def run(method: str, dataset: str, cfg: dict, recipe: dict, folder, trained_targ
     judged = predicted == labels
     real = real_reference(str(folder), tuple(judge_spec.items()), cfg.seed, cfg.heldout_per_class)
     # prdc needs three vectors of a class on each side: fewer samples (a quick trial) go unmeasured
-    realism = (metrics.realism(real["features"], real["labels"], metrics.penultimate_features(judge, images), labels)
+    realism = (quality.realism(real["features"], real["labels"], quality.penultimate_features(judge, images), labels)
                if n >= 3 else {})
     scores = {"target_accuracy": training.accuracy(net, images, labels),
               "evaluator_accuracy": judged.float().mean().item(), "evaluator": judge_meta["arch"],
               "evaluator_real_accuracy": judge_meta["test_accuracy"],
               # variety: recognisable samples that are all alike would still pass both judges
-              "within_class_ssim": metrics.within_class_ssim(images, labels, seed=cfg.seed),
+              "within_class_ssim": quality.within_class_ssim(images, labels, seed=cfg.seed),
               "real_within_class_ssim": real["within_class_ssim"], **{m: realism[m] for m in REALISM if m in realism}}
     if cfg.oversample > 1:  # what the selection buys and costs: the same scores on the first n draws of each class
         first, first_labels = r.extra["unselected_images"], r.extra["unselected_labels"]
         scores |= {"evaluator_accuracy_unselected": training.accuracy(judge, first, first_labels),
-                   "within_class_ssim_unselected": metrics.within_class_ssim(first, first_labels, seed=cfg.seed)}
+                   "within_class_ssim_unselected": quality.within_class_ssim(first, first_labels, seed=cfg.seed)}
     if cfg.utility_images:
         G = _generator(folder, r, net, train.images.shape[1:], len(classes), attack_seed)
         scores |= utility(folder, recipe, G, net, cfg, dataset)
@@ -202,145 +199,3 @@ def samples_path(folder, method: str, dataset: str, cfg: dict, trained_target: b
         return folder / f"{method}_{dataset}.safetensors"
     variant = store.config_hash({**cfg, "trained_target": trained_target})
     return folder / "variants" / f"{method}_{dataset}_{variant}.safetensors"
-
-
-# ----------------------------------------------------------------- the leakage sweep's cells (notebook 04)
-def reference_sets(dataset: str, train_size: int | None, seed: int, heldout_per_class: int) -> dict:
-    """What a target's reconstructions are compared with: its training images (``train``), a held-out set
-    of ``heldout_per_class`` test images of each class that no target saw (``heldout``), and a second,
-    disjoint held-out set (``fresh``) that stands in for reconstructions in the held-out control.
-    Each is a pair (images, labels)."""
-    train, test = data.load_dataset(dataset, "train"), data.load_dataset(dataset, "test")
-    idx = targets.training_indices(train, train_size, seed)
-    held, fresh = heldout_and_fresh(test.labels, heldout_per_class, seed)
-    return {"train": (train.float()[idx], train.labels[idx]), "heldout": (test.float()[held], test.labels[held]),
-            "fresh": (test.float()[fresh], test.labels[fresh])}
-
-
-def leakage_rows(images, labels, refs: dict, judge, key: dict, seed: int) -> list[dict]:
-    """``metrics.leakage_report`` of ``images`` against ``refs`` (``reference_sets``) as tidy rows under ``key``."""
-    r = metrics.leakage_report(images, labels, *refs["train"], *refs["heldout"], evaluator=judge, seed=seed)
-    return [{**key, "metric": m, "value": v} for m, v in r.items()]
-
-
-def _key(target: dict, method: str, train_size, seed: int, setting: str) -> dict:
-    return {"dataset": target["dataset"], "arch": target["arch"], "method": method,
-            "train_size": targets.size_label(train_size), "seed": seed, "setting": setting}
-
-
-def leakage_cell(folder, method: str, target: dict, judge: dict, settings: dict, per_class: int,
-                 heldout_per_class: int, label: str | None = None, scored_at=None, keep: bool = False,
-                 setting: str = "sweep") -> sweep.Result:
-    """A sweep cell: run generator attack ``method`` with ``settings`` (the attack's, resolved) against
-    the target ``target`` (``targets.spec``; its seed is also the attack's), ``per_class`` images of
-    each class, and score its leakage with the evaluator ``judge`` against the references of
-    ``scored_at``, a list of (training-set size, seed) pairs (default: the target's own). Rows carry
-    method ``label`` (default ``method``). ``keep`` returns the images and labels as tensors.
-    An untrained target (steps 0) is attacked without the check that the generator learned."""
-    net, _ = targets.train(folder, **target)
-    judge_net, _ = targets.train(folder, **judge)
-    train = data.load_dataset(target["dataset"], "train")
-    trained = target["steps"] > 0
-    r = attacks.reconstruct(method, net, train.images.shape[1:], len(train.classes), per_class,
-                            {**settings, "require_learned": trained}, target["seed"], config.device(target),
-                            cache=Path(folder) / "attacks")
-    rows = []
-    for size, seed in scored_at or [(target["train_size"], target["seed"])]:
-        refs = reference_sets(target["dataset"], size, seed, heldout_per_class)
-        rows += leakage_rows(r.images, r.labels, refs, judge_net, _key(target, label or method, size, seed, setting),
-                             seed)
-    return sweep.Result(rows, {"images": r.images, "labels": r.labels} if keep else {})
-
-
-def controls_cell(folder, target: dict, judge: dict, heldout_per_class: int) -> sweep.Result:
-    """A sweep cell: the two stand-ins for reconstructions that need no attack, scored like one against the
-    references of ``target`` (``targets.spec``): real held-out images (``control_heldout``) and uniform
-    noise (``control_noise``)."""
-    judge_net, _ = targets.train(folder, **judge)
-    size, seed = target["train_size"], target["seed"]
-    refs = reference_sets(target["dataset"], size, seed, heldout_per_class)
-    fresh, fresh_labels = refs["fresh"]
-    noise = torch.rand(len(fresh), *fresh.shape[1:], generator=torch.Generator().manual_seed(seed))
-    return sweep.Result(
-        leakage_rows(fresh, fresh_labels, refs, judge_net, _key(target, "control_heldout", size, seed, "sweep"), seed)
-        + leakage_rows(noise, fresh_labels, refs, judge_net, _key(target, "control_noise", size, seed, "sweep"), seed))
-
-
-def utility_cell(folder, method: str, target: dict, settings: dict, per_class: int, steps: int,
-                 arch: str = "cnn") -> sweep.Result:
-    """A sweep cell: a fresh ``arch`` classifier trained for ``steps`` only on what ``method`` (with
-    ``settings``) recovers from ``target``, scored on the real test set (metric ``synthetic_utility``)."""
-    net, _ = targets.train(folder, **target)
-    train, test = data.load_dataset(target["dataset"], "train"), data.load_dataset(target["dataset"], "test")
-    device = config.device(target)
-    r = attacks.reconstruct(method, net, train.images.shape[1:], len(train.classes), per_class,
-                            {**settings, "require_learned": True}, target["seed"], device,
-                            cache=Path(folder) / "attacks")
-    acc = metrics.synthetic_utility(r.images, r.labels, test.float(), test.labels, arch, steps, seed=target["seed"],
-                                    device=device)
-    key = _key(target, method, target["train_size"], target["seed"], "sweep")
-    return sweep.Result([{**key, "metric": "synthetic_utility", "value": acc}])
-
-
-# ----------------------------------------------------------------- every attack on one target (notebook 06)
-def attack_cell(folder, attack: str, target: dict, judge: dict, settings: dict, per_class: int,
-                heldout_per_class: int, resamples: int, setting: str = "baselines") -> sweep.Result:
-    """A sweep cell: weight attack ``attack`` (with ``settings``) against the target ``target``
-    (``targets.spec``; its seed is also the attack's), ``per_class`` images of each class, scored
-    by ``metrics.attack_scores`` with the evaluator ``judge`` against the target's training images
-    and ``heldout_per_class`` held-out test images of each class. ``bn_classwise`` gets the class
-    statistics of the training images. Returns the rows and the images (tensors ``images``,
-    ``labels``) with the attack's cost in the rows (``cpu_seconds_per_image``, and for a generator
-    ``train_cpu_seconds`` and ``sample_cpu_seconds_per_image``)."""
-    net, _ = targets.train(folder, **target)
-    judge_net, _ = targets.train(folder, **judge)
-    train = data.load_dataset(target["dataset"], "train")
-    device = config.device(target)
-    refs = reference_sets(target["dataset"], target["train_size"], target["seed"], heldout_per_class)
-    stats = (class_statistics(net, *refs["train"], device=device)
-             if "class_stats" in attacks.get(attack).needs else None)
-    r = attacks.reconstruct(attack, net, train.images.shape[1:], len(train.classes), per_class, settings,
-                            target["seed"], device, class_stats=stats, cache=Path(folder) / "attacks")
-    real = metrics.penultimate_features(judge_net, refs["heldout"][0], device)
-    scores = metrics.attack_scores(r.images, r.labels, net, judge_net, refs["train"], refs["heldout"], real,
-                                   target["seed"], resamples, device)
-    scores["cpu_seconds_per_image"] = r.cost["cpu_seconds"] / len(r.images)  # a reused generator's: as if trained here
-    scores |= {k: r.cost[k] for k in ("train_cpu_seconds", "sample_cpu_seconds_per_image") if k in r.cost}
-    key = _key(target, attack, target["train_size"], target["seed"], setting)
-    return sweep.Result([{**key, "metric": m, "value": v} for m, v in scores.items()],
-                        {"images": r.images, "labels": r.labels})
-
-
-# ----------------------------------------------------------------- split computing (notebook 08)
-def split_cell(folder, attack: str, target: dict, judge: dict, depth: int, seed: int, victims_per_class: int,
-               aux_size: int, settings: dict, aux_dataset: str | None = None, label: str | None = None,
-               strip: int = 0) -> sweep.Result:
-    """A sweep cell: feature attack ``attack`` (with ``settings``) recovers private test images of the
-    target's dataset from what the first ``depth`` blocks of the target ``target`` (``targets.spec``)
-    send to a server; ``seed`` picks ``victims_per_class`` victims of each class from the test
-    split's first half and seeds the attack. The attacker's own images are ``aux_size`` images of the second half, or the
-    first ``aux_size`` test images of ``aux_dataset``. Scored by ``metrics.paired_quality`` with the
-    evaluator ``judge``; rows carry method ``label`` (default ``attack``) and setting
-    ``split_depth<depth>``. ``strip`` returns that many reconstructions (tensor ``images``)."""
-    net, _ = targets.train(folder, **target)
-    judge_net, _ = targets.train(folder, **judge)
-    test = data.load_dataset(target["dataset"], "test")
-    device = config.device(target)
-    half = len(test) // 2
-    aux = (test.float()[half:half + aux_size] if aux_dataset is None
-           else data.load_dataset(aux_dataset, "test").float()[:aux_size])
-    if aux.shape[1:] != test.images.shape[1:]:
-        raise ValueError(f"aux_dataset {aux_dataset!r} has images of shape {tuple(aux.shape[1:])}, "
-                         f"{target['dataset']!r} {tuple(test.images.shape[1:])}: pick a dataset with the same shape")
-    victims = data.heldout_indices(test.labels[:half], victims_per_class, seed)
-    x, y = test.float()[victims], test.labels[victims]
-    encoder = nn.Sequential(*split_points(net.to(device).eval())[0][:depth])
-    with torch.no_grad():
-        seen = encoder(x.to(device)).cpu()  # what the server receives
-    r = attacks.invert_features(attack, encoder, seen, tuple(x.shape[1:]), settings, seed, device,
-                                labels=y, aux=aux, cache=Path(folder) / "attacks")
-    q = metrics.paired_quality(r.images, x, y, judge_net, device)
-    q["cpu_seconds"] = r.cost["cpu_seconds"]
-    key = _key(target, label or attack, target["train_size"], seed, f"split_depth{depth}")
-    return sweep.Result([{**key, "metric": m, "value": v} for m, v in q.items()],
-                        {"images": r.images[:strip], "truth": x[:strip]} if strip else {})

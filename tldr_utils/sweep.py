@@ -1,7 +1,7 @@
 """One runner for every sweep: a list of independent cells in, their tidy rows out.
 
 A ``Cell`` is a plain description of one unit of work: the import path of a library
-function (``"tldr_utils.regime:attack_cell"``) and the plain values it takes (numbers,
+function (``"tldr_utils.cells:regime_cell"``) and the plain values it takes (numbers,
 strings, lists and dicts: never a profile name to be read again inside), with the
 resources it needs. It pickles, hashes to its cache key and travels to another process
 or machine. Its function returns a ``Result``: tidy metric rows, and tensors (say, the

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from .. import config, inversion, rules, store
+from .. import config, inversion, rules, sampling, store
 from ..models import Generator
 from .base import Problem, attack
 
@@ -41,12 +41,12 @@ def train_and_sample(problem: Problem, cfg: dict, seed: int):
     wall, cpu = time.perf_counter(), time.process_time()
     G, history, trained = trained_generator(problem, cfg, seed)
     checked = time.process_time()
-    inversion.check_not_degenerate(G, net if cfg["require_learned"] else None, config.Settings(cfg, seed=seed),
+    sampling.check_not_degenerate(G, net if cfg["require_learned"] else None, config.Settings(cfg, seed=seed),
                                    "generator")
     n, k = problem.per_class, cfg["oversample"]
-    draws, draw_labels = inversion.sample(G, n * k, hot=cfg["hot"], seed=seed, device=problem.device,
+    draws, draw_labels = sampling.sample(G, n * k, hot=cfg["hot"], seed=seed, device=problem.device,
                                           soft_scale=cfg["soft_scale"])
-    images, labels = inversion.most_confident(net, draws, draw_labels, n, problem.device) if k > 1 else (draws, draw_labels)
+    images, labels = sampling.most_confident(net, draws, draw_labels, n, problem.device) if k > 1 else (draws, draw_labels)
     # the two parts of the cost: training once, then drawing (and selecting) each image
     cost = {"train_cpu_seconds": trained["cpu_seconds"],
             "sample_cpu_seconds_per_image": (time.process_time() - checked) / len(images)}
