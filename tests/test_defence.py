@@ -31,7 +31,8 @@ def test_the_reconstruction_term_makes_the_encoder_fight_its_adversary():
     defended, history = defence.train_defended("cnn", images, labels, aux, 2, LAM, **kw)
     first = lambda net: split_points(net)[0][0].inner[0].weight  # noqa: E731
     assert not torch.equal(first(plain), first(defended))
-    # the adversary reconstructs the training batches worse from a defended encoder than from a plain one
+    # the adversary reconstructs the training batches worse from a defended encoder than from a
+    # plain one
     assert _late(history, "rec") > 1.15 * _late(plain_history, "rec")  # measured: 1.3x
     # and the defended classifier still learns its task
     assert _late(history, "task") < history[0]["task"]
@@ -45,8 +46,14 @@ def test_bad_settings_are_refused_and_results_cached(tmp_path):
         defence.train_defended("cnn", images, labels, images, 4, 1.0, steps=2)
     with pytest.raises(ValueError, match="adversary_steps must be a whole number >= 1, got 0"):
         defence.train_defended("cnn", images, labels, images, 1, 1.0, steps=2, adversary_steps=0)
-    first, meta = defence.get_defended(tmp_path, "mlp", images, labels, images, 1, 0.5, steps=3, batch_size=8)
-    again, meta_again = defence.get_defended(tmp_path, "mlp", images, labels, images, 1, 0.5, steps=3, batch_size=8)
+    first, meta = defence.get_defended(
+        tmp_path, "mlp", images, labels, images, 1, 0.5, steps=3, batch_size=8
+    )
+    again, meta_again = defence.get_defended(
+        tmp_path, "mlp", images, labels, images, 1, 0.5, steps=3, batch_size=8
+    )
     assert meta == meta_again and len(list(tmp_path.glob("*.safetensors"))) == 1
     assert set(meta["late"]) == {"task", "rec", "decoder"}
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values())
+    )

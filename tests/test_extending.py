@@ -23,7 +23,9 @@ def _bars(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 BARS = data.Dataset(
     "bars",
     classes=("top", "upper", "lower", "bottom"),
-    sources=lambda root: [data.Source("generated bars", lambda split: [], _bars, "nothing to replace")],
+    sources=lambda root: [
+        data.Source("generated bars", lambda split: [], _bars, "nothing to replace")
+    ],
     how_to_get=lambda root: ["it is generated; there is nothing to get"],
 )
 
@@ -65,11 +67,24 @@ def test_a_dataset_and_an_attack_from_outside_are_audited(extended, tmp_path):
     training.train_classifier(model, train.float(), train.labels, 60, 32, 0.01, seed=0)
     assert training.accuracy(model, held.float(), held.labels) > 0.9
 
-    settings = {"per_class": 4, "evaluator_steps": 40, "resamples": 100, "class_ascent": {"steps": 10}}
-    report = tldr_utils.audit(model, (train.float(), train.labels), (held.float(), held.labels),
-                              attacks=["class_ascent"], settings=settings, folder=tmp_path)
+    settings = {
+        "per_class": 4,
+        "evaluator_steps": 40,
+        "resamples": 100,
+        "class_ascent": {"steps": 10},
+    }
+    report = tldr_utils.audit(
+        model,
+        (train.float(), train.labels),
+        (held.float(), held.labels),
+        attacks=["class_ascent"],
+        settings=settings,
+        folder=tmp_path,
+    )
     images, labels = report.samples["class_ascent"]
-    assert images.shape == (16, 1, 8, 8) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    assert (
+        images.shape == (16, 1, 8, 8) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    )
     assert report.value("class_ascent", "target_accuracy") == 1.0  # it climbed each class's logit
     assert report.verdict.startswith("class_ascent: the evaluator recognises")
     # the new names are valid in settings and profiles, and a bad value for the attack is refused

@@ -21,7 +21,9 @@ def test_the_homogeneous_mlp_is_homogeneous_and_its_logits_are_the_margin():
 def test_kkt_applies_to_two_classes_only():
     assert "kkt" in attacks.for_classes(2) and "kkt" not in attacks.for_classes(10)
     net = HomogeneousMLP((1, 8, 8), hidden=(16,))
-    with pytest.raises(ValueError, match="applies only to classifiers of 2 classes, got num_classes=3"):
+    with pytest.raises(
+        ValueError, match="applies only to classifiers of 2 classes, got num_classes=3"
+    ):
         attacks.reconstruct("kkt", net, (1, 8, 8), 3, 4, {"steps": 2})
 
 
@@ -29,8 +31,12 @@ def test_a_candidate_is_shown_at_the_length_where_its_brightest_pixel_is_white()
     centre = torch.full((1, 1, 2, 2), 0.2)
     u = torch.tensor([[[[0.1, -0.1], [0.4, 0.0]]], [[[-0.1, -0.2], [0.0, 0.0]]]])
     out = brightest_white(centre, u)
-    assert torch.allclose(out[0], torch.tensor([[[0.4, 0.0], [1.0, 0.2]]]))  # length 2: 0.2 + 2 * 0.4 = 1
-    assert torch.allclose(out[1], torch.tensor([[[0.1, 0.0], [0.2, 0.2]]]))  # brightens nothing: left as it is
+    assert torch.allclose(
+        out[0], torch.tensor([[[0.4, 0.0], [1.0, 0.2]]])
+    )  # length 2: 0.2 + 2 * 0.4 = 1
+    assert torch.allclose(
+        out[1], torch.tensor([[[0.1, 0.0], [0.2, 0.2]]])
+    )  # brightens nothing: left as it is
 
 
 def _images(seed):
@@ -38,7 +44,7 @@ def _images(seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.zeros(2, 1, 8, 8)
     for i, (r, c) in enumerate(((0, 0), (4, 4))):
-        x[i, 0, r:r + 4, c:c + 4] = 0.1 + 0.9 * torch.rand(4, 4, generator=g)
+        x[i, 0, r : r + 4, c : c + 4] = 0.1 + 0.9 * torch.rand(4, 4, generator=g)
     return x, torch.tensor([0, 1])
 
 

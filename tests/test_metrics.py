@@ -14,7 +14,7 @@ def digits():
         idx = (d.labels == k).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
         for i, name in enumerate(sets):
-            sets[name].append(idx[i * 40:(i + 1) * 40])
+            sets[name].append(idx[i * 40 : (i + 1) * 40])
     x = d.float()
     return {name: (x[torch.cat(v)], d.labels[torch.cat(v)]) for name, v in sets.items()}
 
@@ -54,8 +54,12 @@ def test_nearest_ssim_matches_brute_force_when_candidates_cover_the_class(digits
     ref, ry = digits["train"]
     got = metrics.nearest(q, qy, ref, ry, candidates=40)["ssim"]
     pool = (ry == 0).nonzero().flatten()
-    brute = torch.stack([quality.ssim_pairs(q[i:i + 1].expand(len(pool), -1, -1, -1), ref[pool]).max()
-                         for i in range(len(q))])
+    brute = torch.stack(
+        [
+            quality.ssim_pairs(q[i : i + 1].expand(len(pool), -1, -1, -1), ref[pool]).max()
+            for i in range(len(q))
+        ]
+    )
     assert torch.allclose(got, brute, atol=1e-5)
 
 
@@ -75,7 +79,9 @@ def test_bad_inputs_are_named(digits):
 
 
 def test_mann_whitney_z_sign():
-    assert metrics.mann_whitney_z(torch.arange(50.).numpy(), torch.arange(50., 100.).numpy()) < -8
+    assert (
+        metrics.mann_whitney_z(torch.arange(50.0).numpy(), torch.arange(50.0, 100.0).numpy()) < -8
+    )
 
 
 def test_distilled_utility_learns_the_teachers_answers_not_the_given_labels(digits):
@@ -89,5 +95,7 @@ def test_distilled_utility_learns_the_teachers_answers_not_the_given_labels(digi
     training.train_classifier(teacher, x, y, 300, 64, 3e-3, seed=0)
     wrong = (y + 1) % 10
     hard = quality.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3)
-    distilled = quality.synthetic_utility(x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3, teacher=teacher)
+    distilled = quality.synthetic_utility(
+        x, wrong, test_x, test_y, "mlp", 300, 64, 3e-3, teacher=teacher
+    )
     assert hard < 0.2 and distilled > 0.7

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from tldr_utils.models import ARCHS, CONDITIONINGS, UPSAMPLINGS, Generator, build_classifier, hot_matrix
+from tldr_utils.models import (
+    ARCHS,
+    CONDITIONINGS,
+    UPSAMPLINGS,
+    Generator,
+    build_classifier,
+    hot_matrix,
+)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -63,7 +70,8 @@ def test_generator_dropout_stays_on_while_sampling():
 
 def test_resize_upsampling_draws_no_checkerboard():
     """A transposed convolution of stride 2 and kernel 4 gives the pixels of a 2x2 cell different
-    numbers of kernel taps, so even a constant input comes out with a period-2 pattern; resizing then
+    numbers of kernel taps, so even a constant input comes out with a period-2 pattern; resizing
+    then
     convolving gives a constant input a constant output away from the border."""
     torch.manual_seed(0)
     for upsample, periodic in (("transpose", True), ("resize", False)):
@@ -89,12 +97,15 @@ def test_hot_matrix_on_a_smaller_map_keeps_every_class_apart(side):
     m = hot_matrix(torch.arange(10), 10, (side, side))
     assert m.shape == (10, side, side)
     assert (m.flatten(1).sum(1) > 0).all()  # no class is left an empty matrix
-    assert torch.cdist(m.flatten(1), m.flatten(1)).add(torch.eye(10)).min() > 0  # and no two share one
+    assert (
+        torch.cdist(m.flatten(1), m.flatten(1)).add(torch.eye(10)).min() > 0
+    )  # and no two share one
     assert torch.equal(hot_matrix(torch.arange(10), 10, (10, 10)), hot_matrix(torch.arange(10), 10))
 
 
 def test_dropout_zeroes_a_share_p_and_keeps_the_mean():
     from tldr_utils.models import dropout
+
     torch.manual_seed(0)
     x = torch.ones(200_000)
     y = dropout(x, 0.3)

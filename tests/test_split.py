@@ -29,7 +29,9 @@ def test_the_blocks_recompose_the_classifier(arch, depths):
         for b in blocks:
             h = b(h)
         assert torch.allclose(rest(h), net(x), atol=1e-5)
-    assert {id(p) for b in blocks for p in b.parameters()} <= {id(p) for p in net.parameters()}  # shared, not copied
+    assert {id(p) for b in blocks for p in b.parameters()} <= {
+        id(p) for p in net.parameters()
+    }  # shared, not copied
 
 
 def test_any_sequential_is_cut_between_its_children_and_other_models_are_refused():
@@ -57,7 +59,9 @@ def test_the_wrong_entry_point_and_missing_inputs_are_named():
     with pytest.raises(ValueError, match="needs aux, the attacker's own images"):
         attacks.invert_features("split_decoder", enc, a, SHAPE)
     with pytest.raises(ValueError, match="labels has 3 entries for 4 activations"):
-        attacks.invert_features("split_optimisation", enc, a, SHAPE, labels=torch.zeros(3, dtype=torch.long))
+        attacks.invert_features(
+            "split_optimisation", enc, a, SHAPE, labels=torch.zeros(3, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match="unknown setting.*'stepz'"):
         attacks.invert_features("split_optimisation", enc, a, SHAPE, {"stepz": 1})
     with pytest.raises(ValueError, match="nn.Sequential of its blocks"):
@@ -79,10 +83,17 @@ def test_split_optimisation_recovers_inputs_from_shallow_features():
     with torch.no_grad():
         a = enc(x)
     labels = torch.arange(8)
-    r = attacks.invert_features("split_optimisation", enc, a, SHAPE, {"steps": 150}, seed=0, labels=labels)
-    start = (0.5 + 0.1 * torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    r = attacks.invert_features(
+        "split_optimisation", enc, a, SHAPE, {"steps": 150}, seed=0, labels=labels
+    )
+    start = (0.5 + 0.1 * torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(0))).clamp(
+        0, 1
+    )
     assert r.images.shape == x.shape and torch.equal(r.labels, labels)
-    quality, baseline = metrics.paired_quality(r.images, x)["ssim"], metrics.paired_quality(start, x)["ssim"]
+    quality, baseline = (
+        metrics.paired_quality(r.images, x)["ssim"],
+        metrics.paired_quality(start, x)["ssim"],
+    )
     assert quality > 0.6 and quality > baseline + 0.4
     # the feature-matching loss is what does it: without steps nothing is recovered
     none = attacks.invert_features("split_optimisation", enc, a, SHAPE, {"steps": 1}, seed=0)
@@ -96,7 +107,9 @@ def test_split_decoder_learns_from_the_attackers_images():
         a = enc(x)
     r = attacks.invert_features("split_decoder", enc, a, SHAPE, {"steps": 200}, seed=0, aux=aux)
     mse = (r.images - x).pow(2).mean().item()
-    assert mse < (aux.mean(0, keepdim=True) - x).pow(2).mean().item() / 2  # far better than the attacker's mean image
+    assert (
+        mse < (aux.mean(0, keepdim=True) - x).pow(2).mean().item() / 2
+    )  # far better than the attacker's mean image
 
 
 def test_split_datafree_trains_on_no_real_image(monkeypatch):
@@ -108,6 +121,7 @@ def test_split_datafree_trains_on_no_real_image(monkeypatch):
         out = real_random_images(n, shape, generator)
         made.append(out)
         return out
+
     monkeypatch.setattr(split, "random_images", recording)
     inverted, real_forward = [], split.Inverse.forward
 
@@ -115,15 +129,22 @@ def test_split_datafree_trains_on_no_real_image(monkeypatch):
         out = real_forward(self, a)
         inverted.append(out.detach().cpu().clone())
         return out
+
     monkeypatch.setattr(split.Inverse, "forward", inverse_forward)
-    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("split_datafree loaded a dataset"))
+    monkeypatch.setattr(
+        data, "load_dataset", lambda *a, **k: pytest.fail("split_datafree loaded a dataset")
+    )
     enc = _encoder(2)
-    hook = enc[0].register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().cpu().clone()))
+    hook = enc[0].register_forward_pre_hook(
+        lambda m, inp: seen.append(inp[0].detach().cpu().clone())
+    )
     x, aux = _smooth(6, seed=3), _smooth(50, seed=4)
     with torch.no_grad():
         a = enc(x)
     seen.clear()
-    r = attacks.invert_features("split_datafree", enc, a, SHAPE, {"steps": 5, "batch_size": 8}, aux=aux)
+    r = attacks.invert_features(
+        "split_datafree", enc, a, SHAPE, {"steps": 5, "batch_size": 8}, aux=aux
+    )
     hook.remove()
     # every image the device's first block saw while the inverses trained was a random image, or an
     # inverse's own output fed back through it (the cycle term)
@@ -140,12 +161,19 @@ def test_feature_attacks_are_cached_by_their_inputs(tmp_path):
     x = _smooth(4)
     with torch.no_grad():
         a = enc(x)
-    first = attacks.invert_features("split_optimisation", enc, a, SHAPE, {"steps": 3}, cache=tmp_path)
-    again = attacks.invert_features("split_optimisation", enc, a, SHAPE, {"steps": 3}, cache=tmp_path)
-    other = attacks.invert_features("split_optimisation", enc, a * 2, SHAPE, {"steps": 3}, cache=tmp_path)
+    first = attacks.invert_features(
+        "split_optimisation", enc, a, SHAPE, {"steps": 3}, cache=tmp_path
+    )
+    again = attacks.invert_features(
+        "split_optimisation", enc, a, SHAPE, {"steps": 3}, cache=tmp_path
+    )
+    other = attacks.invert_features(
+        "split_optimisation", enc, a * 2, SHAPE, {"steps": 3}, cache=tmp_path
+    )
     assert torch.equal(first.images, again.images) and again.cost == first.cost
-    assert len(list(tmp_path.glob("split_optimisation_*.safetensors"))) == 2 and not torch.equal(first.images,
-                                                                                                  other.images)
+    assert len(list(tmp_path.glob("split_optimisation_*.safetensors"))) == 2 and not torch.equal(
+        first.images, other.images
+    )
 
 
 def test_paired_quality_scores_a_perfect_copy_as_one():
@@ -158,10 +186,14 @@ def test_paired_quality_scores_a_perfect_copy_as_one():
 
 def test_an_attack_leaves_every_module_in_the_mode_it_found_it():
     net = build_classifier("cnn", SHAPE).eval()
-    encoder = nn.Sequential(*split_points(net)[0][:2])  # a new container: in training mode, its blocks in eval
+    encoder = nn.Sequential(
+        *split_points(net)[0][:2]
+    )  # a new container: in training mode, its blocks in eval
     before = {name: m.training for name, m in encoder.named_modules()}
     with torch.no_grad():
         a = encoder(_smooth(4))
     attacks.invert_features("split_optimisation", encoder, a, SHAPE, {"steps": 2})
     assert {name: m.training for name, m in encoder.named_modules()} == before
-    assert not any(m.training for m in net.modules())  # the classifier's batch norm and dropout stay in eval
+    assert not any(
+        m.training for m in net.modules()
+    )  # the classifier's batch norm and dropout stay in eval

@@ -12,20 +12,45 @@ import torch
 
 from tldr_utils import sweep
 
-ray = pytest.importorskip("ray", reason="Ray is the optional cluster extra: pip install -e '.[cluster]'")
+ray = pytest.importorskip(
+    "ray", reason="Ray is the optional cluster extra: pip install -e '.[cluster]'"
+)
 
 
 def _cells(folder, bad_lr=None):
     """Two real targets on the digits set and the held-out and noise controls scored against one."""
-    target = {"dataset": "digits", "arch": "mlp", "train_size": 100, "seed": 0, "steps": 20, "batch_size": 32,
-              "lr": 0.01, "shift": 0, "device": "cpu"}
+    target = {
+        "dataset": "digits",
+        "arch": "mlp",
+        "train_size": 100,
+        "seed": 0,
+        "steps": 20,
+        "batch_size": 32,
+        "lr": 0.01,
+        "shift": 0,
+        "device": "cpu",
+    }
     judge = {**target, "train_size": None, "seed": 1}
-    cells = [sweep.Cell("tldr_utils.targets:target_cell", {"folder": str(folder), **t}, cpus=1) for t in (target, judge)]
-    cells.append(sweep.Cell("tldr_utils.cells:controls_cell",
-                            {"folder": str(folder), "target": target, "judge": judge, "heldout_per_class": 5}, cpus=1))
+    cells = [
+        sweep.Cell("tldr_utils.targets:target_cell", {"folder": str(folder), **t}, cpus=1)
+        for t in (target, judge)
+    ]
+    cells.append(
+        sweep.Cell(
+            "tldr_utils.cells:controls_cell",
+            {"folder": str(folder), "target": target, "judge": judge, "heldout_per_class": 5},
+            cpus=1,
+        )
+    )
     if bad_lr is not None:
-        cells.append(sweep.Cell("tldr_utils.targets:target_cell", {"folder": str(folder), **target, "lr": bad_lr},
-                                cpus=1, label="a target with a huge learning rate"))
+        cells.append(
+            sweep.Cell(
+                "tldr_utils.targets:target_cell",
+                {"folder": str(folder), **target, "lr": bad_lr},
+                cpus=1,
+                label="a target with a huge learning rate",
+            )
+        )
     return cells
 
 
@@ -60,7 +85,9 @@ def test_every_backend_gives_the_same_rows(tmp_path, no_ray, monkeypatch):
 
 def test_a_failed_cell_is_named_and_the_finished_ones_are_kept(tmp_path):
     cache = tmp_path / "cache"
-    with pytest.raises(sweep.SweepError, match="a target with a huge learning rate: FloatingPointError") as err:
+    with pytest.raises(
+        sweep.SweepError, match="a target with a huge learning rate: FloatingPointError"
+    ) as err:
         sweep.run(_cells(tmp_path, bad_lr=1e9), cache=cache)
     assert len(err.value.results) == 3 and len(err.value.failed) == 1
     assert len(list(cache.glob("*.safetensors"))) == 3
@@ -74,8 +101,21 @@ def test_a_failed_cell_is_named_and_the_finished_ones_are_kept(tmp_path):
 def test_a_separately_started_head(tmp_path, no_ray, monkeypatch):
     ray_cli = Path(sys.executable).with_name("ray")
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    started = subprocess.run([str(ray_cli), "start", "--head", "--port=6390", "--num-cpus=2", "--disable-usage-stats",
-                              "--include-dashboard=false"], capture_output=True, text=True, env=env, timeout=180)
+    started = subprocess.run(
+        [
+            str(ray_cli),
+            "start",
+            "--head",
+            "--port=6390",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            "--include-dashboard=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6390")
@@ -95,7 +135,9 @@ def test_backend_from_the_environment(monkeypatch):
         sweep.backend_from_env()
     monkeypatch.delenv("TLDR_WORKERS")
     assert sweep.backend_from_env() == ("inline", 1)
-    assert sweep.Cell("m:f").cpus == torch.get_num_threads()  # one cell at a time: the threads it has
+    assert (
+        sweep.Cell("m:f").cpus == torch.get_num_threads()
+    )  # one cell at a time: the threads it has
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     assert sweep.Cell("m:f").cpus == 1
     monkeypatch.setenv("TLDR_GPU_PER_CELL", "0.25")
@@ -115,5 +157,6 @@ def test_the_bench_sets_the_backends_side_by_side():
         assert side[backend]["wall_seconds"] > 0 and side[backend]["cpu_seconds"] > 0
         assert side[backend]["steps_per_second"] == pytest.approx(4 / side[backend]["wall_seconds"])
     assert side["processes"]["threads_per_cell"] == 1
-    assert side["inline_over_processes"] == pytest.approx(side["inline"]["wall_seconds"]
-                                                          / side["processes"]["wall_seconds"])
+    assert side["inline_over_processes"] == pytest.approx(
+        side["inline"]["wall_seconds"] / side["processes"]["wall_seconds"]
+    )

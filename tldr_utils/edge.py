@@ -1,4 +1,5 @@
-"""The edge: a profile's name becomes settings objects here, once, at the top of a notebook or command.
+"""The edge: a profile's name becomes settings objects here, once, at the top of a notebook or
+command.
 
 Every notebook starts with ``cfg = edge.setup(section, profile, overrides, globals())``:
 its section's settings (checked), the seed set, the figure style applied. What the
@@ -49,16 +50,6 @@ def attack_settings(profile: str, name: str, overrides: dict | None = None) -> d
     return attacks.configure(name, config.attack_section(profile, name), overrides)
 
 
-def budgets(profile: str, names, cfg) -> dict:
-    """Each attack's settings at a sweep's budget: ``cfg``'s value of the step setting that the
-    attack's record names (``generator_steps`` or ``attack_steps``), where ``cfg`` has it."""
-    out = {}
-    for name in names:
-        key = attacks.get(name).budget
-        out[name] = attack_settings(profile, name, {"steps": cfg[key]} if key in cfg else None)
-    return out
-
-
 def audit_settings(profile: str, overrides: dict | None = None) -> dict:
     """The one settings dict that ``audit`` takes, as ``profile`` gives it: its ``audit`` section
     (then ``overrides``), the judge's recipe from ``train_targets``, and every weight attack's
@@ -67,5 +58,7 @@ def audit_settings(profile: str, overrides: dict | None = None) -> dict:
     recipe = config.settings(profile, "train_targets")
     out = {k: cfg[k] for k in auditing.DEFAULTS if k in cfg}
     out |= {k: recipe[k] for k in auditing.DEFAULTS if k not in cfg and k in recipe}
-    out |= {name: attack_settings(profile, name, attacks.budget(name, cfg)) for name in attacks.ATTACKS}
+    out |= {
+        name: attack_settings(profile, name, attacks.budget(name, cfg)) for name in attacks.ATTACKS
+    }
     return out

@@ -19,8 +19,10 @@ def feature_input(model: nn.Module, layer: str | None = None) -> nn.Module | Non
     if layer is not None:
         if layer not in modules:
             names = [n for n in modules if n]
-            raise ValueError(f"feature_layer {layer!r} is not a layer of the model; its layers: "
-                             f"{', '.join(names[:40])}")
+            raise ValueError(
+                f"feature_layer {layer!r} is not a layer of the model; its layers: "
+                f"{', '.join(names[:40])}"
+            )
         return modules[layer]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
@@ -58,8 +60,10 @@ class BatchNormInputs:
         self.inputs = []
 
     def __enter__(self):
-        self.handles = [m.register_forward_hook(lambda m, inp, out: self.inputs.append((m, inp[0])))
-                        for m in self.layers]
+        self.handles = [
+            m.register_forward_hook(lambda m, inp, out: self.inputs.append((m, inp[0])))
+            for m in self.layers
+        ]
         return self
 
     def __exit__(self, *exc):

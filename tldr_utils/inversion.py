@@ -41,18 +41,30 @@ from .models import Generator
 
 INVERSION_TERMS = ("kl", "ce", "cos", "ortho")
 TLDR_TERMS = INVERSION_TERMS + ("kl_pert", "ce_pert", "tv", "pixel", "grad_norm")
-EXTRA_TERMS = ("bn", "diversity")  # not in the paper: a feature-statistics prior and mode seeking, off unless weighted
+EXTRA_TERMS = (
+    "bn",
+    "diversity",
+)  # not in the paper: a feature-statistics prior and mode seeking, off unless weighted
 TERMS = TLDR_TERMS + EXTRA_TERMS
 FEATURE_TERMS = {"cos", "ortho"}  # the terms that read the classifier's penultimate features
 PERTURBATIONS = ("adversarial", "random")  # how the robustness terms perturb an image
 rules.add({"perturbation": rules.choice(lambda: PERTURBATIONS)})
-LOSS_VERSION = 6  # part of every cached generator attack's key: bump when a loss term or the generator changes
-SOFT_SCALE = 16.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
+LOSS_VERSION = (
+    6  # part of every cached generator attack's key: bump when a loss term or the generator changes
+)
+SOFT_SCALE = (
+    16.0  # default spread of the Gaussian behind a soft conditioning vector (see ``conditions``)
+)
 
 
 # ----------------------------------------------------------------- conditions
-def conditions(labels: torch.Tensor, num_classes: int, hot: bool, generator: torch.Generator | None = None,
-               soft_scale: float = SOFT_SCALE):
+def conditions(
+    labels: torch.Tensor,
+    num_classes: int,
+    hot: bool,
+    generator: torch.Generator | None = None,
+    soft_scale: float = SOFT_SCALE,
+):
     """Conditioning vectors P for ``labels``: one-hot ("hot") or a soft vector.
 
     The soft vector is the softmax of a Gaussian vector (standard deviation
@@ -109,7 +121,9 @@ def ortho_term(features):
 
 def tv_term(x):
     """Anisotropic total variation: mean absolute difference of neighbouring pixels."""
-    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (
+        x[..., :, 1:] - x[..., :, :-1]
+    ).abs().mean()
 
 
 def pixel_term(x):
@@ -125,10 +139,13 @@ def grad_norm_term(net, logits, labels):
 
 
 def diversity_term(x, z, labels):
-    """Mode seeking (Mao et al. 2019, MSGAN), within each class: the mean over pairs of images of one
+    """Mode seeking (Mao et al. 2019, MSGAN), within each class: the mean over pairs of images of
+    one
     class of (distance of their latents) / (distance of the images), both mean absolute differences.
     Low when different latents give different images: it keeps the generator from ignoring z."""
-    same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(
+        len(labels), dtype=torch.bool, device=labels.device
+    )
     if not same.any():
         return x.new_zeros(())
     dx = torch.cdist(x.flatten(1), x.flatten(1), p=1)[same] / x[0].numel()
@@ -143,7 +160,8 @@ def stats_distance(captured, reference, first_multiplier: float) -> torch.Tensor
     total = torch.zeros(())
     for i, ((_, x), (mean, var)) in enumerate(zip(captured, reference)):
         dims = [0] + list(range(2, x.dim()))
-        # the variance from the first two moments: torch.var over (0, 2, 3) is ten times slower on CPU
+        # the variance from the first two moments: torch.var over (0, 2, 3) is ten times slower on
+        # CPU
         m = x.mean(dims)
         v = ((x * x).mean(dims) - m * m).clamp_min(0)
         d = torch.norm(m - mean, 2) + torch.norm(v - var, 2)
@@ -153,7 +171,8 @@ def stats_distance(captured, reference, first_multiplier: float) -> torch.Tensor
 
 def bn_term(captured, first_layer_weight: float = 10.0) -> torch.Tensor:
     """Distance of the batch's feature statistics from each batch-norm layer's running
-    statistics (DeepInversion's feature prior), averaged over the layers. The first layer, which sees
+    statistics (DeepInversion's feature prior), averaged over the layers. The first layer, which
+    sees
     the raw pixels' edges and intensities, counts ``first_layer_weight`` times, as
     in DeepInversion (in our runs, 10 rather than 2 let the evaluator recognise a few
     points more of the inversions)."""
@@ -180,7 +199,7 @@ def adversarial_perturbation(net, x, labels, epsilon: float):
     (FGSM), clipped to [0, 1]. The step is a constant for the generator: its
     gradient flows through ``x`` only."""
     probe = x.detach().requires_grad_(True)
-    grad, = torch.autograd.grad(F.cross_entropy(net(probe), labels), probe)
+    (grad,) = torch.autograd.grad(F.cross_entropy(net(probe), labels), probe)
     return (x + epsilon * grad.sign()).clamp(0, 1)
 
 
@@ -192,14 +211,26 @@ def supported(net, weights: dict, feature_layer: str | None = None) -> tuple[dic
     if weights.get("bn") and not batch_norm_layers(net):
         why["bn"] = "the model has no batch-norm layer, so there are no stored statistics to match"
     if feature_input(net, feature_layer) is None:
-        why |= {t: "the model has no nn.Linear whose input is its features; name one with feature_layer"
-                for t in FEATURE_TERMS if weights.get(t)}
+        why |= {
+            t: "the model has no nn.Linear whose input is its features; name one with feature_layer"
+            for t in FEATURE_TERMS
+            if weights.get(t)
+        }
     return {k: (0.0 if k in why else w) for k, w in weights.items()}, why
 
 
-def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
-               shift: int = 0, perturbation: str = "random", feature_layer: str | None = None,
-               z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def loss_terms(
+    net,
+    x,
+    p,
+    weights: dict,
+    epsilon: float = 0.1,
+    generator=None,
+    shift: int = 0,
+    perturbation: str = "random",
+    feature_layer: str | None = None,
+    z: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Every term with a nonzero weight, unweighted, for images ``x`` conditioned on ``p`` (drawn
     from latents ``z``, which ``diversity`` needs).
     The penultimate features of ``cos`` and ``ortho`` are what enters the last ``nn.Linear``
@@ -208,10 +239,15 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
     if unknown:
         raise ValueError(f"unknown loss term(s) {unknown}; valid: {', '.join(TERMS)}")
     if perturbation not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {', '.join(PERTURBATIONS)}")
+        raise ValueError(
+            f"unknown perturbation {perturbation!r}; choose one of {', '.join(PERTURBATIONS)}"
+        )
     on = {k for k, w in weights.items() if w}
     labels = p.argmax(1)
-    with BatchNormInputs(net) as bn, Features(feature_input(net, feature_layer) if on & FEATURE_TERMS else None) as f:
+    with (
+        BatchNormInputs(net) as bn,
+        Features(feature_input(net, feature_layer) if on & FEATURE_TERMS else None) as f,
+    ):
         logits = net(jitter(x, shift, generator))
     feats = f.value
     terms = {}
@@ -224,8 +260,11 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
     if "ortho" in on:
         terms["ortho"] = ortho_term(feats)
     if on & {"kl_pert", "ce_pert"}:
-        x_pert = (adversarial_perturbation(net, x, labels, epsilon) if perturbation == "adversarial"
-                  else random_perturbation(x, epsilon, generator))
+        x_pert = (
+            adversarial_perturbation(net, x, labels, epsilon)
+            if perturbation == "adversarial"
+            else random_perturbation(x, epsilon, generator)
+        )
         logits_pert = net(x_pert)
         if "kl_pert" in on:
             terms["kl_pert"] = kl_term(logits_pert, p)
@@ -247,10 +286,29 @@ def loss_terms(net, x, p, weights: dict, epsilon: float = 0.1, generator=None,
 
 
 # ----------------------------------------------------------------- training
-def train_generator(net, image_shape, num_classes: int, weights: dict, *, conditioning="vector_matrix",
-                    hot=False, soft_scale=SOFT_SCALE, steps=1000, batch_size=64, lr=1e-3, epsilon=0.1,
-                    perturbation="random", shift=0, warmup=0.0, target_dropout=False, seed=0, device="cpu",
-                    desc="generator", feature_layer=None, upsample="transpose") -> tuple[Generator, list[dict]]:
+def train_generator(
+    net,
+    image_shape,
+    num_classes: int,
+    weights: dict,
+    *,
+    conditioning="vector_matrix",
+    hot=False,
+    soft_scale=SOFT_SCALE,
+    steps=1000,
+    batch_size=64,
+    lr=1e-3,
+    epsilon=0.1,
+    perturbation="random",
+    shift=0,
+    warmup=0.0,
+    target_dropout=False,
+    seed=0,
+    device="cpu",
+    desc="generator",
+    feature_layer=None,
+    upsample="transpose",
+) -> tuple[Generator, list[dict]]:
     """Train G against the frozen classifier ``net``; returns G and per-step loss terms.
 
     The classifier stays in eval mode (its batch norm uses the stored statistics);
@@ -276,8 +334,11 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
     opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
     history = []
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1)
-    # grad_norm differentiates a gradient: attention must run on the kernel that has a second derivative
-    second_order = sdpa_kernel(SDPBackend.MATH) if weights.get("grad_norm") else contextlib.nullcontext()
+    # grad_norm differentiates a gradient: attention must run on the kernel that has a second
+    # derivative
+    second_order = (
+        sdpa_kernel(SDPBackend.MATH) if weights.get("grad_norm") else contextlib.nullcontext()
+    )
     try:
         with second_order:
             for step in bar:
@@ -285,13 +346,19 @@ def train_generator(net, image_shape, num_classes: int, weights: dict, *, condit
                 p = conditions(labels, num_classes, hot, gen, soft_scale).to(device)
                 z = torch.randn(batch_size, G.latent_dim, generator=gen).to(device)
                 x = G(z, labels.to(device) if conditioning == "label" else p)
-                terms = loss_terms(net, x, p, weights, epsilon, gen, shift, perturbation, feature_layer, z)
+                terms = loss_terms(
+                    net, x, p, weights, epsilon, gen, shift, perturbation, feature_layer, z
+                )
                 ramp = min(1.0, (step + 1) / (warmup * steps)) if warmup else 1.0
-                loss = sum(weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items())
+                loss = sum(
+                    weights[k] * v * (1.0 if k in ("kl", "ce") else ramp) for k, v in terms.items()
+                )
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step} "
-                                             f"({ {k: round(v.item(), 4) for k, v in terms.items()} }); "
-                                             f"lower lr (now {lr})")
+                    raise FloatingPointError(
+                        f"{desc}: loss became {loss.item()} at step {step} "
+                        f"({ {k: round(v.item(), 4) for k, v in terms.items()} }); "
+                        f"lower lr (now {lr})"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward(inputs=list(G.parameters()))
                 opt.step()

@@ -43,7 +43,9 @@ class Classifier(nn.Module):
 class MLP(Classifier):
     """784-512-256-10 with batch norm, LeakyReLU and dropout."""
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int = 10, hidden=(512, 256), dropout=0.3):
+    def __init__(
+        self, in_shape: tuple[int, int, int], num_classes: int = 10, hidden=(512, 256), dropout=0.3
+    ):
         super().__init__()
         layers, width = [nn.Flatten()], in_shape[0] * in_shape[1] * in_shape[2]
         for h in hidden:
@@ -59,17 +61,30 @@ class MLP(Classifier):
 class CNN(Classifier):
     """The paper's small CNN: conv, batch norm, LeakyReLU, dropout, fully connected."""
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int = 10, width: int = 32, dropout=0.3):
+    def __init__(
+        self, in_shape: tuple[int, int, int], num_classes: int = 10, width: int = 32, dropout=0.3
+    ):
         super().__init__()
         c, h, w = in_shape
 
         def block(cin, cout):
-            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2), nn.MaxPool2d(2)]
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.2),
+                nn.MaxPool2d(2),
+            ]
 
         self.body = nn.Sequential(
-            *block(c, width), *block(width, 2 * width), Dropout(dropout / 2),
-            nn.Flatten(), nn.Linear(2 * width * (h // 4) * (w // 4), 128), nn.BatchNorm1d(128),
-            nn.LeakyReLU(0.2), Dropout(dropout))
+            *block(c, width),
+            *block(width, 2 * width),
+            Dropout(dropout / 2),
+            nn.Flatten(),
+            nn.Linear(2 * width * (h // 4) * (w // 4), 128),
+            nn.BatchNorm1d(128),
+            nn.LeakyReLU(0.2),
+            Dropout(dropout),
+        )
         self.head = nn.Linear(128, num_classes)
 
     def features(self, x):
@@ -79,8 +94,15 @@ class CNN(Classifier):
 class ViT(Classifier):
     """A small vision transformer: patches of a quarter of the side, 64 wide, 4 heads."""
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int = 10, dim: int = 64,
-                 depth: int = 2, heads: int = 4, dropout: float = 0.1):
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        num_classes: int = 10,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         c, h, w = in_shape
         patch = h // 4
@@ -88,8 +110,9 @@ class ViT(Classifier):
         n = (h // patch) * (w // patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True,
-                                           activation="gelu")
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -101,14 +124,23 @@ class ViT(Classifier):
 
 
 class _BasicBlock(nn.Module):
-    """Two 3 x 3 convolutions with batch norm, added to the input (a 1 x 1 projection where the shape changes)."""
+    """Two 3 x 3 convolutions with batch norm, added to the input (a 1 x 1 projection where the
+    shape changes)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.skip = (nn.Identity() if stride == 1 and cin == cout else
-                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x):
         return F.relu(self.body(x) + self.skip(x))
@@ -122,7 +154,11 @@ class ResNet(Classifier):
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int = 10, widths=(16, 32, 64)):
         super().__init__()
         c = in_shape[0]
-        layers = [nn.Conv2d(c, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        layers = [
+            nn.Conv2d(c, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+        ]
         for i, w in enumerate(widths):
             layers.append(_BasicBlock(widths[max(i - 1, 0)], w, 1 if i == 0 else 2))
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -140,7 +176,9 @@ class HomogeneousMLP(Classifier):
     training images' mean, as Haim et al. centre their data). ``init_scale`` shrinks the default
     initialisation (they train from a small one)."""
 
-    def __init__(self, in_shape: tuple[int, int, int], hidden=(1000, 1000), init_scale: float = 1.0):
+    def __init__(
+        self, in_shape: tuple[int, int, int], hidden=(1000, 1000), init_scale: float = 1.0
+    ):
         super().__init__()
         layers, width = [nn.Flatten()], in_shape[0] * in_shape[1] * in_shape[2]
         for h in hidden:
@@ -175,7 +213,7 @@ class _Scaled(nn.Module):
 class _Tokens(nn.Module):
     """A ViT's patch embedding: images to the class token and the patch tokens, with positions."""
 
-    def __init__(self, vit: "ViT"):
+    def __init__(self, vit: ViT):
         super().__init__()
         self.embed, self.cls, self.pos = vit.embed, vit.cls, vit.pos
 
@@ -221,8 +259,10 @@ def split_points(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
         return [_Tokens(net), *net.encoder.layers], nn.Sequential(_ClassToken(net.norm), net.head)
     if isinstance(net, nn.Sequential) and len(net) >= 2:
         return list(net)[:-1], net[-1]
-    raise ValueError(f"cannot find the blocks of a {type(net).__name__}: pass one of this project's classifiers "
-                     "(MLP, CNN, ViT) or an nn.Sequential whose children are the blocks to cut between")
+    raise ValueError(
+        f"cannot find the blocks of a {type(net).__name__}: pass one of this project's classifiers "
+        "(MLP, CNN, ViT) or an nn.Sequential whose children are the blocks to cut between"
+    )
 
 
 def build_classifier(arch: str, in_shape, num_classes: int = 10) -> Classifier:
@@ -236,7 +276,9 @@ def build_classifier(arch: str, in_shape, num_classes: int = 10) -> Classifier:
     return models[arch](tuple(in_shape), num_classes)
 
 
-def hot_matrix(labels: torch.Tensor, num_classes: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+def hot_matrix(
+    labels: torch.Tensor, num_classes: int, size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """The K x K "hot" matrix of each label: row k and column k set to one.
 
     With ``size``, it is averaged onto a map of that size (area interpolation), as
@@ -275,18 +317,34 @@ class Generator(nn.Module):
     generator's noise and gives diversity.
     """
 
-    def __init__(self, out_shape, num_classes: int = 10, conditioning: str = "vector_matrix",
-                 latent_dim: int = 100, embed_dim: int = 64, width: int = 128, dropout: float = 0.3,
-                 upsample: str = "transpose"):
+    def __init__(
+        self,
+        out_shape,
+        num_classes: int = 10,
+        conditioning: str = "vector_matrix",
+        latent_dim: int = 100,
+        embed_dim: int = 64,
+        width: int = 128,
+        dropout: float = 0.3,
+        upsample: str = "transpose",
+    ):
         super().__init__()
         if conditioning not in CONDITIONINGS:
-            raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {', '.join(CONDITIONINGS)}")
+            raise ValueError(
+                f"unknown conditioning {conditioning!r}; choose one of {', '.join(CONDITIONINGS)}"
+            )
         c, h, w = out_shape
         if upsample not in UPSAMPLINGS:
-            raise ValueError(f"unknown upsample {upsample!r}; choose one of {', '.join(UPSAMPLINGS)}")
+            raise ValueError(
+                f"unknown upsample {upsample!r}; choose one of {', '.join(UPSAMPLINGS)}"
+            )
         if h % 4 or w % 4:
             raise ValueError(f"the generator needs image sides divisible by 4, got {h}x{w}")
-        self.out_shape, self.num_classes, self.latent_dim = tuple(out_shape), num_classes, latent_dim
+        self.out_shape, self.num_classes, self.latent_dim = (
+            tuple(out_shape),
+            num_classes,
+            latent_dim,
+        )
         self.conditioning, self.dropout, self.base = conditioning, dropout, (h // 4, w // 4)
         self.uses_vector = conditioning != "matrix"
         self.uses_matrix = conditioning in ("matrix", "vector_matrix")
@@ -295,12 +353,19 @@ class Generator(nn.Module):
         elif self.uses_vector:
             self.embed = nn.Linear(num_classes, embed_dim)
         in_dim = latent_dim + (embed_dim if self.uses_vector else 0)
-        self.lift = nn.Sequential(nn.Linear(in_dim, width * self.base[0] * self.base[1]),
-                                  nn.BatchNorm1d(width * self.base[0] * self.base[1]), nn.ReLU())
-        self.up1 = nn.Sequential(*_doubling(width + self.uses_matrix, width // 2, upsample),
-                                 nn.BatchNorm2d(width // 2), nn.ReLU())
-        self.up2 = nn.Sequential(*_doubling(width // 2, width // 4, upsample),
-                                 nn.BatchNorm2d(width // 4), nn.ReLU())
+        self.lift = nn.Sequential(
+            nn.Linear(in_dim, width * self.base[0] * self.base[1]),
+            nn.BatchNorm1d(width * self.base[0] * self.base[1]),
+            nn.ReLU(),
+        )
+        self.up1 = nn.Sequential(
+            *_doubling(width + self.uses_matrix, width // 2, upsample),
+            nn.BatchNorm2d(width // 2),
+            nn.ReLU(),
+        )
+        self.up2 = nn.Sequential(
+            *_doubling(width // 2, width // 4, upsample), nn.BatchNorm2d(width // 4), nn.ReLU()
+        )
         self.out = nn.Conv2d(width // 4, c, 3, padding=1)
         self.width = width
 
@@ -319,11 +384,13 @@ class Generator(nn.Module):
         return torch.sigmoid(self.out(self.up2(x)))
 
 
-rules.add({
-    "archs": rules.list_of(rules.choice(lambda: ARCHS)),
-    "compare_archs": rules.list_of(rules.choice(lambda: ARCHS), empty_ok=True),
-    "arch": rules.choice(lambda: ARCHS),
-    "eval_arch": rules.choice(lambda: ARCHS),
-    "conditioning": rules.choice(lambda: CONDITIONINGS),
-    "upsample": rules.choice(lambda: UPSAMPLINGS),
-})
+rules.add(
+    {
+        "archs": rules.list_of(rules.choice(lambda: ARCHS)),
+        "compare_archs": rules.list_of(rules.choice(lambda: ARCHS), empty_ok=True),
+        "arch": rules.choice(lambda: ARCHS),
+        "eval_arch": rules.choice(lambda: ARCHS),
+        "conditioning": rules.choice(lambda: CONDITIONINGS),
+        "upsample": rules.choice(lambda: UPSAMPLINGS),
+    }
+)

@@ -15,7 +15,9 @@ from .store import atomic_path
 
 def set_style() -> None:
     sns.set_theme(context="paper", style="white", font_scale=1.1)
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "image.cmap": "gray"})
+    plt.rcParams.update(
+        {"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "image.cmap": "gray"}
+    )
 
 
 def show_image(ax, img: torch.Tensor):
@@ -32,8 +34,19 @@ def class_grid(images: torch.Tensor, labels: torch.Tensor, classes, rows: int = 
     """``rows`` images of every class, one column per class, class names on top."""
     K = len(classes)
     fig = fig or plt.figure(figsize=(K * 0.9, rows * 0.9 + 0.4))
-    axes = fig.subplots(rows, K, squeeze=False, gridspec_kw={"hspace": 0.06, "wspace": 0.05, "left": 0.01,
-                                                             "right": 0.99, "bottom": 0.01, "top": 0.86})
+    axes = fig.subplots(
+        rows,
+        K,
+        squeeze=False,
+        gridspec_kw={
+            "hspace": 0.06,
+            "wspace": 0.05,
+            "left": 0.01,
+            "right": 0.99,
+            "bottom": 0.01,
+            "top": 0.86,
+        },
+    )
     for k in range(K):
         pick = (labels == k).nonzero().flatten()[:rows]
         if len(pick) < rows:
@@ -45,10 +58,13 @@ def class_grid(images: torch.Tensor, labels: torch.Tensor, classes, rows: int = 
 
 
 def grid_blocks(blocks: dict[str, tuple], rows: int = 3):
-    """One row block of ``class_grid`` per entry ``name -> (images, labels, classes)``, titled ``name``."""
+    """One row block of ``class_grid`` per entry ``name -> (images, labels, classes)``, titled
+    ``name``."""
     K = max(len(c) for _, _, c in blocks.values())
     fig = plt.figure(figsize=(K * 0.85, len(blocks) * (rows * 0.85 + 0.7)))
-    for sub, (name, (images, labels, classes)) in zip(np.atleast_1d(fig.subfigures(len(blocks), 1)), blocks.items()):
+    for sub, (name, (images, labels, classes)) in zip(
+        np.atleast_1d(fig.subfigures(len(blocks), 1)), blocks.items()
+    ):
         class_grid(images, labels, classes, rows, fig=sub)
         sub.suptitle(name, x=0.01, ha="left", fontsize=10, fontweight="bold")
     return fig
@@ -58,8 +74,13 @@ def strips(rows: dict[str, torch.Tensor], label_width: float = 1.6):
     """One row of images per entry ``label -> images`` (equal counts), the label at the left:
     true inputs beside their reconstructions, one row per attack or setting."""
     n = len(next(iter(rows.values())))
-    fig, axes = plt.subplots(len(rows), n, figsize=(label_width + 0.8 * n, 0.8 * len(rows) + 0.2), squeeze=False,
-                             gridspec_kw={"hspace": 0.05, "wspace": 0.05})
+    fig, axes = plt.subplots(
+        len(rows),
+        n,
+        figsize=(label_width + 0.8 * n, 0.8 * len(rows) + 0.2),
+        squeeze=False,
+        gridspec_kw={"hspace": 0.05, "wspace": 0.05},
+    )
     for r, (label, images) in enumerate(rows.items()):
         if len(images) != n:
             raise ValueError(f"row {label!r} has {len(images)} images, the first row {n}")
@@ -81,8 +102,13 @@ def accuracy_by_class(results: dict[str, dict]):
         ax.set_xticks(at, r["classes"], rotation=45, ha="right")
         ax.set(ylim=(0, 1.05), title=name, ylabel="evaluator accuracy")
     fig.tight_layout()
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2,
-               frameon=False)
+    fig.legend(
+        *axes[0][0].get_legend_handles_labels(),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=2,
+        frameon=False,
+    )
     return fig
 
 
@@ -94,19 +120,33 @@ def evaluator_confusion(results: dict[str, dict]):
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.6), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
         K = len(r["classes"])
-        counts = torch.zeros(K, K).index_put_((r["labels"], r["evaluator_predictions"]), torch.ones(len(r["labels"])),
-                                              accumulate=True)
+        counts = torch.zeros(K, K).index_put_(
+            (r["labels"], r["evaluator_predictions"]), torch.ones(len(r["labels"])), accumulate=True
+        )
         share = (counts / counts.sum(1, keepdim=True).clamp(min=1)).numpy()
         text = np.where(share >= 0.05, np.vectorize("{:.0%}".format)(share), "")
-        sns.heatmap(share, ax=ax, vmin=0, vmax=1, cmap="Blues", annot=text, fmt="", annot_kws={"fontsize": 6},
-                    xticklabels=r["classes"], yticklabels=r["classes"], cbar=False, square=True)
+        sns.heatmap(
+            share,
+            ax=ax,
+            vmin=0,
+            vmax=1,
+            cmap="Blues",
+            annot=text,
+            fmt="",
+            annot_kws={"fontsize": 6},
+            xticklabels=r["classes"],
+            yticklabels=r["classes"],
+            cbar=False,
+            square=True,
+        )
         ax.set(title=name, xlabel="evaluator's class", ylabel="conditioned class")
     fig.tight_layout()
     return fig
 
 
 def save_figure(fig, stem: str | Path, caption: str, formats=("png", "pdf")) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (or the ``formats`` given), and its caption as ``stem.txt``."""
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (or the ``formats`` given), and its caption as
+    ``stem.txt``."""
     stem = Path(stem)
     paths = []
     for ext in formats:
@@ -123,14 +163,23 @@ def save_figure(fig, stem: str | Path, caption: str, formats=("png", "pdf")) -> 
 # ----------------------------------------------------------------- schematics
 def _box(ax, xy, text, color, w=1.7, h=0.8):
     x, y = xy
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.25"))
+    ax.add_patch(
+        FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.25")
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=8)
 
 
 def _arrow(ax, a, b, text=None, style="-|>"):
     ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, color="0.25", lw=1.2))
     if text:
-        ax.text((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.18, text, ha="center", fontsize=7.5, color="0.2")
+        ax.text(
+            (a[0] + b[0]) / 2,
+            (a[1] + b[1]) / 2 + 0.18,
+            text,
+            ha="center",
+            fontsize=7.5,
+            color="0.2",
+        )
 
 
 def schematic(kind: str):
@@ -144,9 +193,24 @@ def schematic(kind: str):
     ax.axis("off")
     blue, green, grey, orange = "#cfe2f3", "#d9ead3", "#eeeeee", "#fce5cd"
     _box(ax, (1.2, 2.4), "latent z ~ N(0, I)", grey, w=2.1)
-    _box(ax, (1.2, 1.0), "condition c:\nhot vector (one-hot)\n+ hot matrix" if tldr
-         else "condition c:\nsoft vector P\n+ hot matrix", grey, w=2.1, h=1.0)
-    _box(ax, (4.2, 1.7), "generator G(z, c)\nup-convolutions,\nbatch norm, dropout on", blue, w=2.5, h=1.2)
+    _box(
+        ax,
+        (1.2, 1.0),
+        "condition c:\nhot vector (one-hot)\n+ hot matrix"
+        if tldr
+        else "condition c:\nsoft vector P\n+ hot matrix",
+        grey,
+        w=2.1,
+        h=1.0,
+    )
+    _box(
+        ax,
+        (4.2, 1.7),
+        "generator G(z, c)\nup-convolutions,\nbatch norm, dropout on",
+        blue,
+        w=2.5,
+        h=1.2,
+    )
     _box(ax, (6.9, 1.7), "image x", grey, w=1.3)
     _box(ax, (9.7, 1.7), "frozen classifier f\n(features, softmax Q)", green, w=2.5, h=1.0)
     _arrow(ax, (2.3, 2.4), (2.9, 1.95))
@@ -154,8 +218,10 @@ def schematic(kind: str):
     _arrow(ax, (5.5, 1.7), (6.2, 1.7))
     _arrow(ax, (7.6, 1.7), (8.4, 1.7))
     if tldr:
-        loss = ("a KL + b CE on x,  a' KL + b' CE on perturbed x\n+ c cosine + d orthogonality\n"
-                "+ n1 TV(x) + n2 pixel prior + n3 ||grad_theta CE||^2")
+        loss = (
+            "a KL + b CE on x,  a' KL + b' CE on perturbed x\n+ c cosine + d orthogonality\n"
+            "+ n1 TV(x) + n2 pixel prior + n3 ||grad_theta CE||^2"
+        )
         _box(ax, (8.9, -0.6), loss, orange, w=5.6, h=1.3)
         _box(ax, (6.9, 3.0), "perturbed x + eps sign(noise)", grey, w=3.2, h=0.5)
         _arrow(ax, (6.9, 2.05), (6.9, 2.72))
@@ -163,9 +229,21 @@ def schematic(kind: str):
         _arrow(ax, (9.7, 1.15), (9.7, 0.1))
         _arrow(ax, (6.05, -0.6), (4.2, 1.05), "update G only")
     else:
-        _box(ax, (8.9, -0.05), "a KL(P || Q) + b CE(Q, y)\n+ c cosine(features) + d orthogonality", orange, w=5.0, h=0.8)
+        _box(
+            ax,
+            (8.9, -0.05),
+            "a KL(P || Q) + b CE(Q, y)\n+ c cosine(features) + d orthogonality",
+            orange,
+            w=5.0,
+            h=0.8,
+        )
         _arrow(ax, (9.7, 1.15), (9.7, 0.4))
         _arrow(ax, (6.35, -0.05), (4.2, 1.05), "update G only")
-    ax.set_title("Figure 2: training-like data reconstruction (TLDR)" if tldr else "Figure 1: network inversion",
-                 fontsize=11, loc="left")
+    ax.set_title(
+        "Figure 2: training-like data reconstruction (TLDR)"
+        if tldr
+        else "Figure 1: network inversion",
+        fontsize=11,
+        loc="left",
+    )
     return fig

@@ -15,13 +15,17 @@ import pandas as pd
 from . import config, store, tables
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"  # RESULTS.md's generated part
-TIMES = "<!-- times:start -->", "<!-- times:end -->"  # the README's sentence on how long the run took
+TIMES = (
+    "<!-- times:start -->",
+    "<!-- times:end -->",
+)  # the README's sentence on how long the run took
 RESULTS, README = config.ROOT / "RESULTS.md", config.ROOT / "README.md"
 FIGURES = config.ROOT / "figures"  # what a default run publishes
 
 
 def replace_between(path: Path, start: str, end: str, body: str) -> None:
-    """Replace what lies between the markers ``start`` and ``end`` of the file ``path`` with ``body``."""
+    """Replace what lies between the markers ``start`` and ``end`` of the file ``path`` with
+    ``body``."""
     text = path.read_text()
     if start not in text or end not in text:
         raise ValueError(f"{path} lacks the markers {start} and {end} around its generated part")
@@ -71,15 +75,23 @@ def publish(profile: str, datasets: list[str] | None = None) -> list[Path]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default=config.DEFAULT_PROFILE, choices=config.profiles())
-    parser.add_argument("--datasets", nargs="*", help="the datasets the run covered (default: all of the profile's)")
+    parser.add_argument(
+        "--datasets", nargs="*", help="the datasets the run covered (default: all of the profile's)"
+    )
     args = parser.parse_args(argv)
     written = publish(args.profile, args.datasets)
     run = config.run_dir(args.profile)
     if RESULTS in written:
-        print(f"figures/ ({len(written) - 3} files), RESULTS.md and the README's run times updated from {run}")
+        print(
+            f"figures/ ({len(written) - 3} files), RESULTS.md and the README's run times updated "
+            f"from {run}"
+        )
     else:
-        print(f"results of this run: {run / 'figures'} and {run / 'results.md'}. figures/ and RESULTS.md "
-              f"are updated only by a full run of the default profile (make figures)")
+        print(
+            f"results of this run: {run / 'figures'} and {run / 'results.md'}. figures/ and "
+            f"RESULTS.md "
+            f"are updated only by a full run of the default profile (make figures)"
+        )
 
 
 if __name__ == "__main__":

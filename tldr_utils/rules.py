@@ -40,9 +40,9 @@ def real(low: float, high: float = math.inf, low_open: bool = False):
 
 def choice(choices):
     """One of ``choices()``: a function, so that the list stays with the module that owns it."""
-    return (lambda v: isinstance(v, str) and v in choices()), lambda: "one of " + ", ".join(
-        choices()
-    )
+    return (
+        lambda v: isinstance(v, str) and v in choices()
+    ), lambda: "one of " + ", ".join(choices())
 
 
 def list_of(rule, empty_ok: bool = False):

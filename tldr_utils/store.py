@@ -32,7 +32,8 @@ DEFAULT_KEYS = {"class": "", "setting": "main"}  # what rows that leave these ou
 
 
 def fill_default_keys(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with the ``DEFAULT_KEYS`` filled in where rows (or a whole older file) leave them out."""
+    """``frame`` with the ``DEFAULT_KEYS`` filled in where rows (or a whole older file) leave them
+    out."""
     frame = frame.copy()
     for k, default in DEFAULT_KEYS.items():
         frame[k] = frame[k].fillna(default) if k in frame.columns else default
@@ -45,8 +46,11 @@ class StorageError(OSError):
 
 def _cannot_write(path, err) -> StorageError:
     reason = getattr(err, "strerror", None) or str(err)
-    return StorageError(f"could not write {path}: {reason}. Free some space or fix the folder's permissions, "
-                        "or keep the run elsewhere: TLDR_RUNS=/a/writable/folder (e.g. TLDR_RUNS=/tmp/runs make figures)")
+    return StorageError(
+        f"could not write {path}: {reason}. Free some space or fix the folder's permissions, "
+        "or keep the run elsewhere: TLDR_RUNS=/a/writable/folder (e.g. TLDR_RUNS=/tmp/runs make "
+        "figures)"
+    )
 
 
 @contextlib.contextmanager
@@ -66,7 +70,10 @@ def atomic_path(path: str | Path):
     try:
         try:
             yield Path(tmp)
-        except (OSError, SafetensorError) as err:  # disk full, read-only folder: say which file and what to do
+        except (
+            OSError,
+            SafetensorError,
+        ) as err:  # disk full, read-only folder: say which file and what to do
             raise _cannot_write(path, err) from err
         umask = os.umask(0)
         os.umask(umask)
@@ -118,7 +125,8 @@ def config_hash(config: dict) -> str:
 
 
 def tensor_hash(*tensors: torch.Tensor) -> str:
-    """The sha256 of the tensors' values (and shapes), e.g. to name an artifact built from given data."""
+    """The sha256 of the tensors' values (and shapes), e.g. to name an artifact built from given
+    data."""
     digest = hashlib.sha256()
     for t in tensors:
         t = t.detach().cpu().contiguous()
@@ -141,20 +149,27 @@ def load_model(path, model: torch.nn.Module) -> dict:
         meta = load_meta(path)
         state = load_file(str(path))
     except Exception as err:
-        raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it and re-run to rebuild it") from err
+        raise ValueError(
+            f"checkpoint {path} is unreadable ({err}); delete it and re-run to rebuild it"
+        ) from err
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise ValueError(f"checkpoint {path} does not fit a {type(model).__name__}: {first}. "
-                         "It was made by another configuration; delete it to rebuild.") from err
+        raise ValueError(
+            f"checkpoint {path} does not fit a {type(model).__name__}: {first}. "
+            "It was made by another configuration; delete it to rebuild."
+        ) from err
     return meta
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"meta": json.dumps(meta or {}, default=str)})
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"meta": json.dumps(meta or {}, default=str)},
+        )
 
 
 def load_tensors(path) -> dict[str, torch.Tensor]:
@@ -178,14 +193,20 @@ def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
     new = fill_default_keys(pd.DataFrame(rows))
     missing = [k for k in METRIC_KEYS + ["value"] if k not in new.columns]
     if missing:
-        raise ValueError(f"metric rows lack column(s) {missing}; each needs {METRIC_KEYS + ['value']}")
+        raise ValueError(
+            f"metric rows lack column(s) {missing}; each needs {METRIC_KEYS + ['value']}"
+        )
     new["train_size"] = new["train_size"].astype(str)
     path = Path(path)
     old = pd.read_csv(path, dtype={"train_size": str}) if path.exists() else new.iloc[:0]
     # an empty class reads back from the CSV as missing, and older files lack the column
-    table = fill_default_keys(pd.concat([old, new], ignore_index=True)).drop_duplicates(METRIC_KEYS, keep="last")
+    table = fill_default_keys(pd.concat([old, new], ignore_index=True)).drop_duplicates(
+        METRIC_KEYS, keep="last"
+    )
     table = table.sort_values(METRIC_KEYS, kind="stable").reset_index(drop=True)
-    table = table[METRIC_KEYS + ["value"] + [c for c in table.columns if c not in METRIC_KEYS + ["value"]]]
+    table = table[
+        METRIC_KEYS + ["value"] + [c for c in table.columns if c not in METRIC_KEYS + ["value"]]
+    ]
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return table
@@ -193,8 +214,9 @@ def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -202,17 +224,27 @@ def git_commit() -> str:
 def environment() -> dict:
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+    }
 
 
-def record_provenance(run_dir, step: str, settings: dict, data: list[dict] | None = None,
-                      seconds: float | None = None) -> None:
+def record_provenance(
+    run_dir, step: str, settings: dict, data: list[dict] | None = None, seconds: float | None = None
+) -> None:
     """Add what produced ``step`` (parameters, commit, data, machine, time) to provenance.json."""
     path = Path(run_dir) / "provenance.json"
     record = read_json(path, {})
-    record[step] = {"settings": dict(settings), "git_commit": git_commit(), "data": data or [],
-                    "environment": environment(), "seconds": seconds}
+    record[step] = {
+        "settings": dict(settings),
+        "git_commit": git_commit(),
+        "data": data or [],
+        "environment": environment(),
+        "seconds": seconds,
+    }
     write_json(path, record)

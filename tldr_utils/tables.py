@@ -10,23 +10,64 @@ import pandas as pd
 from scipy import stats
 
 from . import architectures, attacks, config, regime, store
+from .findings import findings
 
-LEAKAGE = ["nn_ssim_train", "nn_ssim_heldout", "nn_ssim_gap", "copying_z", "membership_auc", "identifiability",
-           "evaluator_accuracy"]
-BASELINES = ["evaluator_accuracy", "precision", "recall", "density", "coverage", "fid", "within_class_ssim", "l2_diff", "l2_diff_lo", "l2_diff_hi",
-             "membership_auc", "cpu_seconds_per_image", "synthetic_utility"]  # the columns of 06's table
-ARCHITECTURES = ["evaluator_accuracy", "precision", "recall", "nn_ssim_train", "nn_ssim_gap", "membership_auc",
-                 "ssim"]  # the columns of 10's table
-FIGURE_SCORES = ["target_accuracy", "evaluator_accuracy", "evaluator_accuracy_unselected", "precision", "recall",
-                 "density", "coverage", "fid", "within_class_ssim", "utility_hard_ratio", "utility_distilled_ratio"]
-LOSSES = {"main": "ours", "paper_loss": "paper only"}  # setting -> how the Figures 3-4 table names the loss
-EVALUATOR_BAR = 0.80  # share of samples the independent evaluator must recognise (the acceptance bar)
+LEAKAGE = [
+    "nn_ssim_train",
+    "nn_ssim_heldout",
+    "nn_ssim_gap",
+    "copying_z",
+    "membership_auc",
+    "identifiability",
+    "evaluator_accuracy",
+]
+BASELINES = [
+    "evaluator_accuracy",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "fid",
+    "within_class_ssim",
+    "l2_diff",
+    "l2_diff_lo",
+    "l2_diff_hi",
+    "membership_auc",
+    "cpu_seconds_per_image",
+    "synthetic_utility",
+]  # the columns of 06's table
+ARCHITECTURES = [
+    "evaluator_accuracy",
+    "precision",
+    "recall",
+    "nn_ssim_train",
+    "nn_ssim_gap",
+    "membership_auc",
+    "ssim",
+]  # the columns of 10's table
+FIGURE_SCORES = [
+    "target_accuracy",
+    "evaluator_accuracy",
+    "evaluator_accuracy_unselected",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "fid",
+    "within_class_ssim",
+    "utility_hard_ratio",
+    "utility_distilled_ratio",
+]
+# setting -> how the Figures 3-4 table names the loss
+LOSSES = {"main": "ours", "paper_loss": "paper only"}
 
 
 def _markdown(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines)
 
 
@@ -39,25 +80,36 @@ def _mean_ci(values: pd.Series) -> str:
 
 
 def _mean_sd(values: pd.Series) -> str:
-    return f"{values.mean():.3f}" if len(values) < 2 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+    return (
+        f"{values.mean():.3f}"
+        if len(values) < 2
+        else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+    )
 
 
 def figure_scores(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows of Figures 3-4's generators (``main`` and ``paper_loss``) and of real test images, and
-    their table: per dataset, method and loss, how many generator seeds, then each of ``FIGURE_SCORES``
+    """The rows of Figures 3-4's generators (``main`` and ``paper_loss``) and of real test images,
+    and
+    their table: per dataset, method and loss, how many generator seeds, then each of
+    ``FIGURE_SCORES``
     as mean ± standard deviation over the seeds."""
     m = store.fill_default_keys(pd.DataFrame(metrics))
     m["class"] = m["class"].fillna("")
     generated = m.setting.isin(LOSSES) & m.method.isin(["inversion", "tldr"])
-    shown = m[(generated | (m.setting.eq("main") & m.method.eq("real_test"))) & m.metric.isin(FIGURE_SCORES)
-              & m["class"].eq("")].drop_duplicates(["dataset", "method", "seed", "metric", "setting"])
+    shown = m[
+        (generated | (m.setting.eq("main") & m.method.eq("real_test")))
+        & m.metric.isin(FIGURE_SCORES)
+        & m["class"].eq("")
+    ].drop_duplicates(["dataset", "method", "seed", "metric", "setting"])
     if not len(shown):
         return shown, pd.DataFrame()
     shown = shown.assign(loss=shown.setting.map(LOSSES).where(shown.method != "real_test", "-"))
     keys = ["dataset", "method", "loss"]
     t = shown.groupby(keys + ["metric"])["value"].apply(_mean_sd).unstack()
     t = t[[c for c in FIGURE_SCORES if c in t.columns]]
-    t.insert(0, "seeds", shown[shown.metric == "evaluator_accuracy"].groupby(keys)["seed"].nunique())
+    t.insert(
+        0, "seeds", shown[shown.metric == "evaluator_accuracy"].groupby(keys)["seed"].nunique()
+    )
     return shown, t.reset_index().fillna("-")
 
 
@@ -66,7 +118,9 @@ def notebook_minutes(profile: str) -> tuple[float, str]:
     minutes and each one, "01 12.6 + 02 6.0 ..." (0 and "" when none was recorded)."""
     times = {}
     for nb in sorted((config.run_dir(profile) / "notebooks").glob("*.ipynb")):
-        duration = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration")
+        duration = (
+            json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration")
+        )
         if duration:
             times[nb.name[:2]] = duration / 60
     return sum(times.values()), " + ".join(f"{k} {v:.1f}" for k, v in times.items())
@@ -77,235 +131,253 @@ def times(profile: str) -> str:
     total, each = notebook_minutes(profile)
     if not each:
         return "Its notebooks' times were not recorded."
-    return (f"On this machine, the last `{profile}` run's notebooks took {total:.0f} minutes in all ({each}), "
-            "each as papermill timed it; a rerun reuses cached checkpoints and takes less.")
-
-
-def span(values, fmt: str = "{:.3f}") -> str:
-    """"lo to hi" of ``values`` in ``fmt``, or one value when both print alike."""
-    def show(v):
-        text = fmt.format(v)
-        return fmt.format(0.0) if float(text.strip("%")) == 0 else text  # a tiny negative prints as zero, not "-0.000"
-
-    lo, hi = show(min(values)), show(max(values))
-    return lo if lo == hi else f"{lo} to {hi}"
-
-
-def _real_within_class_ssim(m: pd.DataFrame) -> pd.Series:
-    """Per dataset, the within-class SSIM of real test images (what samples' variety is compared with)."""
-    return m[(m.method == "real_test") & (m.metric == "within_class_ssim")].groupby("dataset")["value"].first()
-
-
-def findings(m: pd.DataFrame, profile: str) -> str:
-    """The headline numbers of a run as a short list, each computed from ``m`` (the tidy metrics)."""
-    main = m[(m.setting == "main") & m.method.isin(["inversion", "tldr"]) & (m["class"] == "")]
-    paper = m[(m.setting == "paper_loss") & (m["class"] == "")]
-    sweep = m[(m.setting == "sweep") & m.method.isin(["inversion", "tldr"])]
-    lines = []
-    if {"nn_ssim_gap", "membership_auc", "copying_z"} <= set(sweep.metric):
-        means = sweep.groupby(["method", "train_size", "metric"])["value"].mean()
-        held = m[(m.setting == "sweep") & (m.method == "control_heldout") & (m.metric == "copying_z")]
-        held = held.groupby("train_size")["value"].mean()
-        sizes = ", ".join(sorted(sweep.train_size.unique(), key=lambda v: (v == "all", len(v), v)))
-        lines.append(f"**Leakage** (`04_evaluate`: {' and '.join(sorted(sweep.method.unique()))}, training-set sizes "
-                     f"{sizes}, {sweep.seed.nunique()} seeds; means over seeds): SSIM gap "
-                     f"{span(means.xs('nn_ssim_gap', level='metric'), '{:+.3f}')}, membership AUC "
-                     f"{span(means.xs('membership_auc', level='metric'))}, copying Z "
-                     f"{span(means.xs('copying_z', level='metric'), '{:+.1f}')}"
-                     + (f" (real held-out images: {span(held, '{:+.1f}')})" if len(held) else "") + ".")
-    if {"target_accuracy", "evaluator_accuracy"} <= set(main.metric):
-        acc = main.pivot_table(index=["dataset", "method"], columns="metric", values="value")
-        judges = m[(m.method == "target") & (m.metric == "test_accuracy")]
-        seed = config.settings(profile, "train_targets").eval_seed
-        judge = main["evaluator"].dropna().iloc[0]  # experiments.run records it with every score
-        real = judges[(judges.arch == judge) & (judges.seed.astype(int) == seed)].groupby("dataset")["value"].first()
-        passed = int((acc["evaluator_accuracy"] >= EVALUATOR_BAR).sum())
-        text = (f"**Recognisable** (Figures 3-4, {len(acc)} generators): the target puts "
-                f"{span(acc['target_accuracy'], '{:.1%}')} of samples in their class, the evaluator (`{judge}`"
-                + "".join(f", {v:.1%} on real {d}" for d, v in real.items())
-                + f") {span(acc['evaluator_accuracy'], '{:.1%}')}; {passed} of {len(acc)} reach "
-                f"{EVALUATOR_BAR:.0%}.")
-        if "evaluator_accuracy_unselected" in acc.columns:
-            unselected = acc["evaluator_accuracy_unselected"].dropna()
-            text += (f" Without the selection at sampling time (the first draws of each class) the evaluator "
-                     f"gives {span(unselected, '{:.1%}')}; {int((unselected >= EVALUATOR_BAR).sum())} of "
-                     f"{len(unselected)} reach {EVALUATOR_BAR:.0%}.")
-        control = paper[paper.metric.isin(["target_accuracy", "evaluator_accuracy"])]
-        if set(control.metric) == {"target_accuracy", "evaluator_accuracy"}:
-            c = control.groupby("metric")["value"]
-            text += (f" The paper-loss control: target {span(c.get_group('target_accuracy'), '{:.1%}')}, "
-                     f"evaluator {span(c.get_group('evaluator_accuracy'), '{:.1%}')}.")
-        lines.append(text)
-        if "within_class_ssim" in acc.columns:
-            real_ssim = _real_within_class_ssim(m)
-            control_ssim = paper[paper.metric == "within_class_ssim"].groupby("dataset")["value"].first()
-            per = []
-            for d, v in acc["within_class_ssim"].groupby(level="dataset"):
-                extra = [f"real test images {real_ssim[d]:.3f}"] if d in real_ssim else []
-                extra += [f"paper-loss control {control_ssim[d]:.3f}"] if d in control_ssim else []
-                if "within_class_ssim_unselected" in acc.columns:
-                    extra.insert(0, f"without selection {span(acc.loc[d, 'within_class_ssim_unselected'].dropna())}")
-                per.append(f"{d} {span(v)}" + (f" ({', '.join(extra)})" if extra else ""))
-            lines.append("**Varied** (within-class SSIM, lower is more varied): " + "; ".join(per) + ".")
-    by_class = m[(m.metric == "evaluator_accuracy_of_class") & m.setting.eq("main")]
-    if len(by_class):
-        real = by_class[by_class.method == "real_test"].set_index(["dataset", "class"])["value"]
-        least = []
-        for (d, method), g in by_class[by_class.method != "real_test"].groupby(["dataset", "method"]):
-            worst = g.nsmallest(3, "value")
-            least.append(f"{d} {method}: " + ", ".join(
-                f"{c} {v:.0%}" + (f" (real {real[(d, c)]:.0%})" if (d, c) in real.index else "")
-                for c, v in zip(worst["class"], worst["value"])))
-        lines.append("**Least recognised classes** (evaluator's share of samples; of real test images): "
-                     + "; ".join(least) + ".")
-    abl = m[(m.setting == "sweep") & (m.metric == "evaluator_accuracy")
-            & m.method.str.match(r"tldr(_without_.*)?$")]
-    drop = abl[abl.method.str.startswith("tldr_without")]
-    if len(drop):
-        abl = abl.merge(drop[["train_size", "seed"]].drop_duplicates(), on=["train_size", "seed"])
-        share = abl.set_index("method")["value"]
-        moves = (share.drop("tldr") - share["tldr"]).sort_values()
-        lines.append(f"**Ablation** (evaluator's share, all terms {share['tldr']:.1%}): largest drop without "
-                     f"`{moves.index[0].removeprefix('tldr_without_')}` ({share[moves.index[0]]:.1%}); every other "
-                     f"term moves it by {span(moves.iloc[1:] * 100, '{:+.1f}')} points.")
-    return "\n".join(f"- {line}" for line in lines)
+    return (
+        f"On this machine, the last `{profile}` run's notebooks took {total:.0f} minutes in all "
+        f"({each}), "
+        "each as papermill timed it; a rerun reuses cached checkpoints and takes less."
+    )
 
 
 def tables(metrics: pd.DataFrame, profile: str) -> str:
     m = store.fill_default_keys(metrics)
     main, sweep = m[m.setting == "main"], m[m.setting == "sweep"]
-    parts = [f"Profile `{profile}`; every number below comes from `runs/{profile}/metrics.csv` "
-             f"(a copy is `figures/metrics.csv`). {times(profile)}"]
+    parts = [
+        f"Profile `{profile}`; every number below comes from `runs/{profile}/metrics.csv` "
+        f"(a copy is `figures/metrics.csv`). {times(profile)}"
+    ]
     summary = findings(m, profile)
     if summary:
         parts.append("**In numbers**:\n\n" + summary)
     acc = main[(main.method == "target") & (main.metric == "test_accuracy")]
     if len(acc):
-        t = acc.pivot_table(index=["dataset", "arch", "seed"], columns="train_size", values="value").reset_index()
+        t = acc.pivot_table(
+            index=["dataset", "arch", "seed"], columns="train_size", values="value"
+        ).reset_index()
         t.columns = [str(c) if c in ("dataset", "arch", "seed") else f"n={c}" for c in t.columns]
-        parts += ["**Target classifiers**: test accuracy by training-set size.",
-                  _markdown(t.round(3).astype(object).where(t.notna(), "-"))]
+        parts += [
+            "**Target classifiers**: test accuracy by training-set size.",
+            _markdown(t.round(3).astype(object).where(t.notna(), "-")),
+        ]
     shown, t = figure_scores(m)
     if len(shown):
         judges = ", ".join(f"`{a}`" for a in sorted(shown["evaluator"].dropna().unique()))
         seed = config.settings(profile, "train_targets").eval_seed
         n_utility = config.settings(profile, "inversion").utility_images
-        text = ("**Figures 3-4**, mean ± standard deviation over the generators trained against one target "
-                "(`seeds`), beside real test images (`real_test`), the ceiling. `target_accuracy` and "
-                f"`evaluator_accuracy`: the share of samples in their conditioned class for the target and for the "
-                f"independent evaluation classifier ({judges}, seed {seed}); `_unselected`: the first draws of each "
-                "class, without the selection at sampling time. `precision`, `recall`, `density`, `coverage` "
-                "(prdc) and `fid` (torch-fidelity) are measured in the evaluator's feature space against held-out "
-                "test images. `within_class_ssim`: mean SSIM of two samples of one class (lower is more varied). "
-                f"The utility ratios: real-test accuracy of a classifier trained on {n_utility:,} generated images "
-                "(hard labels, or distilled from the target's softmax) over that of the same classifier trained on the "
-                "target's real training images. Loss `paper only` is the control of `02_invert`: the paper's "
-                "terms without our image priors, which the target accepts and the evaluator should not.")
+        text = (
+            "**Figures 3-4**, mean ± standard deviation over the generators trained against one "
+            "target "
+            "(`seeds`), beside real test images (`real_test`), the ceiling. `target_accuracy` and "
+            f"`evaluator_accuracy`: the share of samples in their conditioned class for the "
+            f"target and for the "
+            f"independent evaluation classifier ({judges}, seed {seed}); `_unselected`: the first "
+            f"draws of each "
+            "class, without the selection at sampling time. `precision`, `recall`, `density`, "
+            "`coverage` "
+            "(prdc) and `fid` (torch-fidelity) are measured in the evaluator's feature space "
+            "against held-out "
+            "test images. `within_class_ssim`: mean SSIM of two samples of one class (lower is "
+            "more varied). "
+            f"The utility ratios: real-test accuracy of a classifier trained on {n_utility:,} "
+            f"generated images "
+            "(hard labels, or distilled from the target's softmax) over that of the same "
+            "classifier trained on the "
+            "target's real training images. Loss `paper only` is the control of `02_invert`: the "
+            "paper's "
+            "terms without our image priors, which the target accepts and the evaluator should not."
+        )
         parts += [text, _markdown(t)]
     leak = sweep[sweep.metric.isin(LEAKAGE) & ~sweep.method.str.startswith("tldr_without")]
-    leak = leak[leak.method.str.startswith("control") | (leak.groupby(["dataset", "method", "train_size"])
-                                                         ["seed"].transform("nunique") > 1)]
+    leak = leak[
+        leak.method.str.startswith("control")
+        | (leak.groupby(["dataset", "method", "train_size"])["seed"].transform("nunique") > 1)
+    ]
     if len(leak):
-        t = leak.groupby(["dataset", "method", "train_size", "metric"])["value"].apply(_mean_ci).unstack()
+        t = (
+            leak.groupby(["dataset", "method", "train_size", "metric"])["value"]
+            .apply(_mean_ci)
+            .unstack()
+        )
         t = t[[c for c in LEAKAGE if c in t.columns]].reset_index()
-        parts += ["**Leakage** (mean ± 95% t-interval over seeds): gap = train minus held-out; "
-                  "copying Z < 0 and membership AUC > 0.5 would mean leakage.", _markdown(t)]
+        parts += [
+            "**Leakage** (mean ± 95% t-interval over seeds): gap = train minus held-out; "
+            "copying Z < 0 and membership AUC > 0.5 would mean leakage.",
+            _markdown(t),
+        ]
     abl = sweep[(sweep.method == "tldr") | sweep.method.str.startswith("tldr_without")]
     abl = abl[abl.metric.isin(["nn_ssim_gap", "membership_auc", "copying_z", "evaluator_accuracy"])]
-    sizes = sweep[sweep.method.str.startswith("tldr_without")][["train_size", "seed"]].drop_duplicates()
+    sizes = sweep[sweep.method.str.startswith("tldr_without")][
+        ["train_size", "seed"]
+    ].drop_duplicates()
     if len(sizes):
         abl = abl.merge(sizes, on=["train_size", "seed"])
         t = abl.pivot_table(index="method", columns="metric", values="value").reset_index()
-        parts += ["**Drop-one ablation** of the TLDR terms (one target, one seed).", _markdown(t.round(3))]
+        parts += [
+            "**Drop-one ablation** of the TLDR terms (one target, one seed).",
+            _markdown(t.round(3)),
+        ]
     base = m[(m.setting == "baselines") & m.metric.isin(BASELINES)]
     if len(base):
-        t = base.pivot_table(index=["dataset", "method", "train_size"], columns="metric", values="value", sort=False)
+        t = base.pivot_table(
+            index=["dataset", "method", "train_size"], columns="metric", values="value", sort=False
+        )
         t = t[[c for c in BASELINES if c in t.columns]].reset_index()
-        parts += ["**Every attack on the same targets** (`06_baselines`; `l2_diff` is train minus held-out, with "
-                  "its 95% bootstrap interval in `_lo`/`_hi`; `synthetic_utility` is the real-test accuracy of a CNN "
-                  "trained only on the attack's images).", _markdown(t.round(3))]
-    split = m[m.setting.str.startswith("split_depth") & m.metric.isin(["ssim", "psnr", "evaluator_accuracy"])]
+        parts += [
+            "**Every attack on the same targets** (`06_baselines`; `l2_diff` is train minus "
+            "held-out, with "
+            "its 95% bootstrap interval in `_lo`/`_hi`; `synthetic_utility` is the real-test "
+            "accuracy of a CNN "
+            "trained only on the attack's images).",
+            _markdown(t.round(3)),
+        ]
+    split = m[
+        m.setting.str.startswith("split_depth")
+        & m.metric.isin(["ssim", "psnr", "evaluator_accuracy"])
+    ]
     if len(split):
         split = split.assign(depth=split.setting.str.removeprefix("split_depth").astype(int))
-        t = split.groupby(["arch", "depth", "method", "metric"], sort=False)["value"].apply(_mean_ci).unstack()
+        t = (
+            split.groupby(["arch", "depth", "method", "metric"], sort=False)["value"]
+            .apply(_mean_ci)
+            .unstack()
+        )
         t = t[[c for c in ("ssim", "psnr", "evaluator_accuracy") if c in t.columns]].reset_index()
-        parts += ["**Split computing** (`08_split_computing`): each private test image against its reconstruction from "
-                  "the activations after `depth` blocks (mean ± 95% t-interval over seeds; a `_aux_` decoder was "
-                  "trained on another dataset's images, one seed).", _markdown(t)]
+        parts += [
+            "**Split computing** (`08_split_computing`): each private test image against its "
+            "reconstruction from "
+            "the activations after `depth` blocks (mean ± 95% t-interval over seeds; a `_aux_` "
+            "decoder was "
+            "trained on another dataset's images, one seed).",
+            _markdown(t),
+        ]
     defended = m[m.setting.str.startswith("defence_lambda")]
     if len(defended):
-        t = defended.assign(**{"lambda": defended.setting.str.removeprefix("defence_lambda").astype(float)})
+        t = defended.assign(
+            **{"lambda": defended.setting.str.removeprefix("defence_lambda").astype(float)}
+        )
         t = t[t.metric.isin(["test_accuracy", "ssim", "evaluator_accuracy", "membership_auc"])]
         t = t.pivot_table(index=["arch", "lambda"], columns=["method", "metric"], values="value")
         t.columns = [f"{a} {b}" for a, b in t.columns]
         floor = m[(m.setting == "defence_floor") & (m.metric == "ssim")]["value"]
-        parts += ["**The defence** (`09_defence`): each lambda's classifier, its test accuracy, what a fresh "
-                  "decoder and `split_optimisation` recover from its frozen encoder (SSIM to the true inputs), and "
-                  "TLDR against the whole classifier"
-                  + (f"; the class alone (its mean image) gives SSIM {floor.iloc[0]:.3f}." if len(floor) else "."),
-                  _markdown(t.reset_index().round(3))]
+        parts += [
+            "**The defence** (`09_defence`): each lambda's classifier, its test accuracy, what a "
+            "fresh "
+            "decoder and `split_optimisation` recover from its frozen encoder (SSIM to the true "
+            "inputs), and "
+            "TLDR against the whole classifier"
+            + (
+                f"; the class alone (its mean image) gives SSIM {floor.iloc[0]:.3f}."
+                if len(floor)
+                else "."
+            ),
+            _markdown(t.reset_index().round(3)),
+        ]
     arch = m[m.setting == "architectures"]
     if len(arch):
         keys = ["dataset", "train_size", "arch"]
         acc = arch[(arch.method == "classifier") & (arch.metric == "test_accuracy")]
         acc = acc.groupby(keys)["value"].apply(_mean_ci).rename("test_accuracy").reset_index()
         shown = arch[(arch.method != "classifier") & arch.metric.isin(ARCHITECTURES)]
-        t = shown.groupby([*keys, "method", "metric"], sort=False)["value"].apply(_mean_ci).unstack()
-        t = t[[c for c in ARCHITECTURES if c in t.columns]].reset_index().merge(acc, on=keys, how="left")
-        t = t[[*keys, "test_accuracy", "method", *[c for c in ARCHITECTURES if c in t.columns]]].fillna("-")
-        parts += ["**Architectures at matched accuracy** (`10_architectures`; mean ± 95% t-interval over seeds): "
-                  "each classifier's test accuracy beside every attack on it; `nn_ssim_train` is the ease of "
-                  "reconstruction (best SSIM to a training image of the class), `nn_ssim_gap` (train minus held-out) "
-                  "and `membership_auc` the leak of the training set (0 and 0.5: none), `ssim` the private input's "
-                  "SSIM to its reconstruction from the activations after the first or last block.", _markdown(t)]
+        t = (
+            shown.groupby([*keys, "method", "metric"], sort=False)["value"]
+            .apply(_mean_ci)
+            .unstack()
+        )
+        t = (
+            t[[c for c in ARCHITECTURES if c in t.columns]]
+            .reset_index()
+            .merge(acc, on=keys, how="left")
+        )
+        t = t[
+            [*keys, "test_accuracy", "method", *[c for c in ARCHITECTURES if c in t.columns]]
+        ].fillna("-")
+        parts += [
+            "**Architectures at matched accuracy** (`10_architectures`; mean ± 95% t-interval "
+            "over seeds): "
+            "each classifier's test accuracy beside every attack on it; `nn_ssim_train` is the "
+            "ease of "
+            "reconstruction (best SSIM to a training image of the class), `nn_ssim_gap` (train "
+            "minus held-out) "
+            "and `membership_auc` the leak of the training set (0 and 0.5: none), `ssim` the "
+            "private input's "
+            "SSIM to its reconstruction from the activations after the first or last block.",
+            _markdown(t),
+        ]
         try:
             said = architectures.answers(arch, sorted(set(arch.method) & set(attacks.ATTACKS)))
         except ValueError:  # too few seeds or architectures to test
             said = []
         if said:
-            parts.append("The answers, a block being one attack on the classifiers of one dataset, size and seed "
-                         "(the blocks of one seed share their classifiers, so the p-values lean optimistic):\n\n"
-                         + "\n".join(f"- {line}" for line in said))
+            parts.append(
+                "The answers, a block being one attack on the classifiers of one dataset, size "
+                "and seed "
+                "(the blocks of one seed share their classifiers, so the p-values lean "
+                "optimistic):\n\n" + "\n".join(f"- {line}" for line in said)
+            )
     memorised = m[m.setting.str.startswith("leakage_regime_") | (m.setting == "leakage_control")]
     if len(memorised):
         parts += _regime(memorised)
     util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
-        parts += ["**Utility**: accuracy on the real test set of a classifier trained only on generated images.",
-                  _markdown(util[["dataset", "method", "train_size", "value"]].round(3))]
+        parts += [
+            "**Utility**: accuracy on the real test set of a classifier trained only on "
+            "generated images.",
+            _markdown(util[["dataset", "method", "train_size", "value"]].round(3)),
+        ]
     return "\n\n".join(parts)
 
 
 def _regime(m: pd.DataFrame) -> list[str]:
-    """The tables of ``11_leakage_regime``: each number beside its null band, and whether it lies outside."""
+    """The tables of ``11_leakage_regime``: each number beside its null band, and whether it lies
+    outside."""
+
     def cells(part: pd.DataFrame, metric: str) -> pd.Series:
-        v = part.pivot_table(index=[c for c in part.columns if c not in ("metric", "value")], columns="metric",
-                             values="value")
-        said = [f"{a:.3f} ({lo:.3f} to {hi:.3f}) {'**outside**' if out else 'inside'}"
-                for a, lo, hi, out in zip(v[metric], v[f"{metric}_null_lo"], v[f"{metric}_null_hi"],
-                                          v[f"{metric}_outside"])]
+        v = part.pivot_table(
+            index=[c for c in part.columns if c not in ("metric", "value")],
+            columns="metric",
+            values="value",
+        )
+        said = [
+            f"{a:.3f} ({lo:.3f} to {hi:.3f}) {'**outside**' if out else 'inside'}"
+            for a, lo, hi, out in zip(
+                v[metric], v[f"{metric}_null_lo"], v[f"{metric}_null_hi"], v[f"{metric}_outside"]
+            )
+        ]
         return pd.Series(said, index=v.index)
 
     keys = ["dataset", "arch", "setting", "method", "train_size"]
-    m = m[keys + ["metric", "value"]].assign(train_size=lambda f: f.train_size.astype(float).astype(int))
+    m = m[keys + ["metric", "value"]].assign(
+        train_size=lambda f: f.train_size.astype(float).astype(int)
+    )
     out = []
     control = m[m.setting == "leakage_control"]
     if len(control):
         got = control.set_index("metric").value
-        text = [f"**The positive control** (`11_leakage_regime`): `kkt` on a bias-free MLP trained on "
-                f"{control.train_size.iloc[0]} {control.dataset.iloc[0]} images of two classes recovered "
-                f"{got.get('recovered', float('nan')):.0%} of them (SSIM at least 0.6 and at least 0.1 above the most "
-                "similar held-out image)"]
+        text = [
+            f"**The positive control** (`11_leakage_regime`): `kkt` on a bias-free MLP trained on "
+            f"{control.train_size.iloc[0]} {control.dataset.iloc[0]} images of two classes "
+            f"recovered "
+            f"{got.get('recovered', float('nan')):.0%} of them (SSIM at least 0.6 and at least "
+            f"0.1 above the most "
+            "similar held-out image)"
+        ]
         for metric in regime.METRICS:
             if f"{metric}_outside" in got:
-                text.append(f"{metric} {cells(control[~control.metric.isin(['recovered', 'ssim_at_least_0.6'])], metric).iloc[0]}")
+                scored = control[~control.metric.isin(["recovered", "ssim_at_least_0.6"])]
+                text.append(f"{metric} {cells(scored, metric).iloc[0]}")
         out.append("; ".join(text) + ".")
-    sweep = m[m.setting.str.startswith("leakage_regime_")].assign(regime=lambda f: f.setting.str.removeprefix("leakage_regime_"))
+    sweep = m[m.setting.str.startswith("leakage_regime_")].assign(
+        regime=lambda f: f.setting.str.removeprefix("leakage_regime_")
+    )
     if len(sweep):
-        out.append("**Where leakage begins** (`11_leakage_regime`): targets trained to memorise `train_size` images "
-                   "(all ten classes), every attack's mean over seeds, then its null band (held-out images and "
-                   "reconstructions from targets trained on other images in place of the reconstructions), and "
-                   "whether it lies outside that band for every seed.")
+        out.append(
+            "**Where leakage begins** (`11_leakage_regime`): targets trained to memorise "
+            "`train_size` images "
+            "(all ten classes), every attack's mean over seeds, then its null band (held-out "
+            "images and "
+            "reconstructions from targets trained on other images in place of the "
+            "reconstructions), and "
+            "whether it lies outside that band for every seed."
+        )
         for metric in regime.METRICS:
             part = sweep[["dataset", "arch", "regime", "method", "train_size", "metric", "value"]]
             part = part[part.metric.str.startswith(metric)]

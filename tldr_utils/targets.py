@@ -28,13 +28,27 @@ def training_indices(train: data.ImageSet, train_size: int | None, seed: int) ->
     return data.stratified_subset(train.labels, train_size, seed)
 
 
-def spec(recipe: dict, dataset: str, arch: str, train_size: int | None = None, seed: int = 0,
-         trained: bool = True) -> dict:
+def spec(
+    recipe: dict,
+    dataset: str,
+    arch: str,
+    train_size: int | None = None,
+    seed: int = 0,
+    trained: bool = True,
+) -> dict:
     """The plain description of a target trained by ``recipe`` (a profile's ``train_targets``
     settings): what ``train`` takes, and what a sweep cell carries."""
-    return {"dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed,
-            "steps": recipe["steps"] if trained else 0, "batch_size": recipe["batch_size"], "lr": recipe["lr"],
-            "shift": 0, "device": recipe["device"]}
+    return {
+        "dataset": dataset,
+        "arch": arch,
+        "train_size": train_size,
+        "seed": seed,
+        "steps": recipe["steps"] if trained else 0,
+        "batch_size": recipe["batch_size"],
+        "lr": recipe["lr"],
+        "shift": 0,
+        "device": recipe["device"],
+    }
 
 
 def evaluator_arch(recipe: dict, target_arch: str) -> str:
@@ -56,9 +70,20 @@ def evaluator_spec(recipe: dict, dataset: str, target_arch: str) -> dict:
     return {**judge, "steps": recipe["eval_steps"], "shift": recipe["eval_shift"]}
 
 
-def train(folder, dataset: str, arch: str, train_size: int | None, seed: int, steps: int, batch_size: int, lr: float,
-          shift: int = 0, device: str = "auto"):
-    """The classifier of ``arch`` trained for ``steps`` minibatches of ``batch_size`` (0: the untrained
+def train(
+    folder,
+    dataset: str,
+    arch: str,
+    train_size: int | None,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    shift: int = 0,
+    device: str = "auto",
+):
+    """The classifier of ``arch`` trained for ``steps`` minibatches of ``batch_size`` (0: the
+    untrained
     control, same architecture, random weights) on ``train_size`` images of ``dataset`` chosen by
     ``seed`` (None: all), each moved by up to ``shift`` pixels; cached in ``<folder>/targets``
     under a hash of every choice, so changing any one trains a new one instead of reusing a
@@ -68,8 +93,16 @@ def train(folder, dataset: str, arch: str, train_size: int | None, seed: int, st
     train_set = data.load_dataset(dataset, "train")
     test = data.load_dataset(dataset, "test")
     idx = training_indices(train_set, train_size, seed)
-    spec = {"dataset": dataset, "arch": arch, "train_size": train_size, "seed": seed, "steps": steps,
-            "batch_size": batch_size, "lr": lr, "data_sha256": train_set.provenance()["sha256"]}
+    spec = {
+        "dataset": dataset,
+        "arch": arch,
+        "train_size": train_size,
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "data_sha256": train_set.provenance()["sha256"],
+    }
     if shift:  # only then, so that unaugmented targets keep their cache names
         spec["shift"] = shift
     name = f"{dataset}_{arch}_n{size_label(train_size)}_s{seed}_{store.config_hash(spec)}"
@@ -87,26 +120,42 @@ def train(folder, dataset: str, arch: str, train_size: int | None, seed: int, st
         desc = f"{dataset}/{arch}/n={len(idx)}/seed={seed}"
         if steps:
             print(f"training {desc} for {steps} steps of {batch_size} -> {path}", flush=True)
-        train_classifier(net, x, y, steps, batch_size, lr, seed, dev, desc, shift, announce=steps >= 500)
+        train_classifier(
+            net, x, y, steps, batch_size, lr, seed, dev, desc, shift, announce=steps >= 500
+        )
         eval_n = min(len(x), 10000)
-        meta = {**spec, "n_train": len(idx), "seconds": round(time.time() - start, 1),
-                "train_accuracy": accuracy(net, x[:eval_n], y[:eval_n], dev),
-                "test_accuracy": accuracy(net, test.float(), test.labels, dev),
-                "data": train_set.provenance()}
+        meta = {
+            **spec,
+            "n_train": len(idx),
+            "seconds": round(time.time() - start, 1),
+            "train_accuracy": accuracy(net, x[:eval_n], y[:eval_n], dev),
+            "test_accuracy": accuracy(net, test.float(), test.labels, dev),
+            "data": train_set.provenance(),
+        }
         store.save_model(path, net.cpu(), meta)
-    print(f"{desc}: train acc {meta['train_accuracy']:.3f}, test acc {meta['test_accuracy']:.3f} "
-          f"in {meta['seconds']:.0f}s -> {path.name}")
+    print(
+        f"{desc}: train acc {meta['train_accuracy']:.3f}, test acc {meta['test_accuracy']:.3f} "
+        f"in {meta['seconds']:.0f}s -> {path.name}"
+    )
     return net.eval(), meta
 
 
 def target_cell(folder, **target) -> sweep.Result:
-    """A sweep cell: train (or load) the target ``target`` (``spec``'s keys) and report its train and
+    """A sweep cell: train (or load) the target ``target`` (``spec``'s keys) and report its train
+    and
     test accuracy as metric rows (method ``target``)."""
     _, meta = train(folder, **target)
-    key = {"dataset": meta["dataset"], "arch": meta["arch"], "method": "target",
-           "train_size": size_label(meta["train_size"]), "seed": meta["seed"]}
-    return sweep.Result([{**key, "metric": m, "value": meta[m]} for m in ("train_accuracy", "test_accuracy")],
-                        notes=[f"trained in {meta['seconds']:.0f}s" if meta.get("seconds") else "loaded"])
+    key = {
+        "dataset": meta["dataset"],
+        "arch": meta["arch"],
+        "method": "target",
+        "train_size": size_label(meta["train_size"]),
+        "seed": meta["seed"],
+    }
+    return sweep.Result(
+        [{**key, "metric": m, "value": meta[m]} for m in ("train_accuracy", "test_accuracy")],
+        notes=[f"trained in {meta['seconds']:.0f}s" if meta.get("seconds") else "loaded"],
+    )
 
 
 def get(folder, spec: dict):

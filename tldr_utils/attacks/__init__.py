@@ -5,8 +5,10 @@ literals) and the rule each setting must satisfy. ``reconstruct`` is the one
 way to run any of them::
 
     from tldr_utils import attacks
-    r = attacks.reconstruct("deepinversion", model, (1, 28, 28), 10, per_class=10, settings={"steps": 500})
-    r.images, r.labels, r.cost   # N x C x H x W in [0, 1], class-sorted; CPU and wall seconds, steps
+    r = attacks.reconstruct("deepinversion", model, (1, 28, 28), 10, per_class=10,
+    settings={"steps": 500})
+    r.images, r.labels, r.cost   # N x C x H x W in [0, 1], class-sorted; CPU and wall seconds,
+    steps
 
 ``model`` is any ``nn.Module`` mapping N x C x H x W images in [0, 1] to logits.
 Terms that need the model's penultimate features read them with a forward hook
@@ -18,7 +20,8 @@ without batch norm, is skipped with a warning naming it. Settings are checked
 Registered: ``inversion`` and ``tldr`` (one conditioned generator, the paper's
 methods), ``deepinversion`` (Yin et al. 2020), ``miface`` (Fredrikson et al.
 2015), ``bn_classwise`` (Soufleri et al. 2022) and, for two-class homogeneous networks only,
-``kkt`` (Haim et al. 2022, the positive control; ``for_classes`` lists what applies). Profiles are not read here:
+``kkt`` (Haim et al. 2022, the positive control; ``for_classes`` lists what applies). Profiles are
+not read here:
 ``notebook.attack_settings`` turns a profile into an attack's settings at the edge.
 """
 
@@ -59,7 +62,20 @@ register(*BUILTIN)
 rules.add({"weight_attacks": rules.list_of(rules.choice(lambda: list(ATTACKS)))})
 
 __all__ = [
-    "ATTACKS", "BUILTIN", "FEATURE_ATTACKS", "Attack", "Problem", "Reconstruction", "attack",
-    "budget", "configure", "for_classes", "frozen", "get", "invert_features", "reconstruct",
-    "register", "resolve",
+    "ATTACKS",
+    "BUILTIN",
+    "FEATURE_ATTACKS",
+    "Attack",
+    "Problem",
+    "Reconstruction",
+    "attack",
+    "budget",
+    "configure",
+    "for_classes",
+    "frozen",
+    "get",
+    "invert_features",
+    "reconstruct",
+    "register",
+    "resolve",
 ]

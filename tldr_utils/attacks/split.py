@@ -32,7 +32,8 @@ from ..hooks import BatchNormInputs, batch_norm_layers
 from ..inversion import stats_distance
 from ..training import descend
 from .base import Problem, attack
-from .optimisation import RULES as _OPT_RULES, tv_losses
+from .optimisation import RULES as _OPT_RULES
+from .optimisation import tv_losses
 
 SPLIT_OPTIMISATION = {"steps": 400, "lr": 0.05, "tv": 0.01, "bn": 0.01, "first_bn_multiplier": 1.0}
 SPLIT_DECODER = {"steps": 300, "batch_size": 32, "lr": 0.003, "width": 32}
@@ -55,16 +56,27 @@ class Inverse(nn.Module):
         self.in_shape, self.out_shape, self.bounded = tuple(in_shape), tuple(out_shape), bounded
         self.spatial = len(self.in_shape) == 3 and len(self.out_shape) == 3
         if self.spatial:
-            # the wide convolution at the activations' size, a narrow one at the output's: cheap on a CPU
+            # the wide convolution at the activations' size, a narrow one at the output's: cheap on
+            # a CPU
             self.net = nn.Sequential(
-                nn.Conv2d(self.in_shape[0], width, 3, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+                nn.Conv2d(self.in_shape[0], width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.LeakyReLU(0.2),
                 nn.Upsample(size=self.out_shape[1:], mode="bilinear", align_corners=False),
-                nn.Conv2d(width, width // 4, 3, padding=1), nn.BatchNorm2d(width // 4), nn.LeakyReLU(0.2),
-                nn.Conv2d(width // 4, self.out_shape[0], 3, padding=1))
+                nn.Conv2d(width, width // 4, 3, padding=1),
+                nn.BatchNorm2d(width // 4),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(width // 4, self.out_shape[0], 3, padding=1),
+            )
         else:
             n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_in, 16 * width), nn.BatchNorm1d(16 * width),
-                                     nn.LeakyReLU(0.2), nn.Linear(16 * width, n_out))
+            self.net = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(n_in, 16 * width),
+                nn.BatchNorm1d(16 * width),
+                nn.LeakyReLU(0.2),
+                nn.Linear(16 * width, n_out),
+            )
 
     def forward(self, a):
         out = self.net(a).view(len(a), *self.out_shape)
@@ -89,14 +101,19 @@ def random_images(n: int, shape: tuple, generator: torch.Generator) -> torch.Ten
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared error of ``a`` against ``b``, relative to the size of ``b`` (so every depth weighs alike)."""
-    return (a - b).pow(2).flatten(1).sum(1).mean() / b.pow(2).flatten(1).sum(1).mean().clamp_min(1e-12)
+    """Squared error of ``a`` against ``b``, relative to the size of ``b`` (so every depth weighs
+    alike)."""
+    return (a - b).pow(2).flatten(1).sum(1).mean() / b.pow(2).flatten(1).sum(1).mean().clamp_min(
+        1e-12
+    )
 
 
 def _train(module: nn.Module, loss_fn, steps: int, lr: float, desc: str) -> list[float]:
     """Adam with cosine decay on ``module``; ``loss_fn(step)`` gives each step's loss."""
     opt = torch.optim.Adam(module.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
     losses = []
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1):
         loss = loss_fn(step)
@@ -108,25 +125,38 @@ def _train(module: nn.Module, loss_fn, steps: int, lr: float, desc: str) -> list
 @torch.no_grad()
 def _decode(module: nn.Module, a: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
     module.eval()
-    return torch.cat([module(a[i:i + batch_size].to(device)).cpu() for i in range(0, len(a), batch_size)])
+    return torch.cat(
+        [module(a[i : i + batch_size].to(device)).cpu() for i in range(0, len(a), batch_size)]
+    )
 
 
 # ----------------------------------------------------------------- the attacks
-@attack("split_optimisation", SPLIT_OPTIMISATION, RULES,
-          "images optimised from noise until the device's blocks map them onto the activations the server saw",
-          kind="features")
+@attack(
+    "split_optimisation",
+    SPLIT_OPTIMISATION,
+    RULES,
+    "images optimised from noise until the device's blocks map them onto the activations the "
+    "server saw",
+    kind="features",
+)
 def split_optimisation(problem: Problem, cfg: dict, seed: int):
     encoder, device = problem.model.to(problem.device), problem.device
     target = problem.activations.to(device)
     running = [(m.running_mean, m.running_var) for m in batch_norm_layers(encoder)]
     if not running and cfg["bn"]:
-        problem.skip("bn", "the device's blocks have no batch-norm layer, so there are no stored statistics to match")
+        problem.skip(
+            "bn",
+            "the device's blocks have no batch-norm layer, so there are no stored statistics to "
+            "match",
+        )
     gen = torch.Generator().manual_seed(seed)
     x = (0.5 + 0.1 * torch.randn(len(target), *problem.image_shape, generator=gen)).clamp(0, 1)
     x = x.to(device).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg["lr"], betas=(0.5, 0.9))
     steps = cfg["steps"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
     for step in tqdm(range(steps), desc="split_optimisation", leave=False, mininterval=1):
         with BatchNormInputs(encoder) as bn:
             loss = _relative(encoder(x), target)
@@ -139,30 +169,48 @@ def split_optimisation(problem: Problem, cfg: dict, seed: int):
     return x.detach(), problem.labels, steps, {}
 
 
-@attack("split_decoder", SPLIT_DECODER, RULES,
-          "a decoder the attacker trains on its own images to map the activations back to the input",
-          needs=("aux",), kind="features")
+@attack(
+    "split_decoder",
+    SPLIT_DECODER,
+    RULES,
+    "a decoder the attacker trains on its own images to map the activations back to the input",
+    needs=("aux",),
+    kind="features",
+)
 def split_decoder(problem: Problem, cfg: dict, seed: int):
     encoder, device = problem.model.to(problem.device), problem.device
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     aux = problem.aux
-    D = Inverse(problem.activations.shape[1:], problem.image_shape, cfg["width"], bounded=True).to(device).train()
+    D = (
+        Inverse(problem.activations.shape[1:], problem.image_shape, cfg["width"], bounded=True)
+        .to(device)
+        .train()
+    )
 
     def loss(step):
         x = aux[torch.randint(len(aux), (cfg["batch_size"],), generator=gen)].to(device)
         with torch.no_grad():
             a = encoder(x)
         return F.mse_loss(D(a), x)
+
     history = _train(D, loss, cfg["steps"], cfg["lr"], "split_decoder")
-    return _decode(D, problem.activations, device), problem.labels, cfg["steps"], {
-        "decoder": D, "final_loss": history[-1]}
+    return (
+        _decode(D, problem.activations, device),
+        problem.labels,
+        cfg["steps"],
+        {"decoder": D, "final_loss": history[-1]},
+    )
 
 
-_INVERSES: dict[str, nn.Module] = {}  # trained per-block inverses, by a hash of the blocks and settings
+_INVERSES: dict[
+    str, nn.Module
+] = {}  # trained per-block inverses, by a hash of the blocks and settings
 
 
-def block_inverses(blocks: list[nn.Module], image_shape: tuple, cfg: dict, seed: int, device) -> list[nn.Module]:
+def block_inverses(
+    blocks: list[nn.Module], image_shape: tuple, cfg: dict, seed: int, device
+) -> list[nn.Module]:
     """One inverse per block, trained without real data (see the module's docstring); kept in
     memory, so inverting depth 3 after depth 2 trains only the third."""
     gen0 = torch.Generator().manual_seed(seed)
@@ -174,8 +222,17 @@ def block_inverses(blocks: list[nn.Module], image_shape: tuple, cfg: dict, seed:
             shapes.append(tuple(probe.shape[1:]))
     inverses = []
     for i, block in enumerate(blocks):
-        key = store.config_hash({"blocks": store.tensor_hash(*[t for b in blocks[:i + 1] for t in b.state_dict().values()]),
-                                 "depth": i, "settings": cfg, "seed": seed, "shape": list(image_shape)})
+        key = store.config_hash(
+            {
+                "blocks": store.tensor_hash(
+                    *[t for b in blocks[: i + 1] for t in b.state_dict().values()]
+                ),
+                "depth": i,
+                "settings": cfg,
+                "seed": seed,
+                "shape": list(image_shape),
+            }
+        )
         if key not in _INVERSES:
             torch.manual_seed(seed + i)
             gen = torch.Generator().manual_seed(seed + i)
@@ -188,20 +245,29 @@ def block_inverses(blocks: list[nn.Module], image_shape: tuple, cfg: dict, seed:
                     a = block(u)
                 back = g(a)
                 return _relative(back, u) + cfg["cycle"] * _relative(block(back), a)
-            _train(g, loss, cfg["steps"], cfg["lr"], f"split_datafree inverse {i + 1}/{len(blocks)}")
+
+            _train(
+                g, loss, cfg["steps"], cfg["lr"], f"split_datafree inverse {i + 1}/{len(blocks)}"
+            )
             _INVERSES[key] = g.eval()
         inverses.append(_INVERSES[key])
     return inverses
 
 
-@attack("split_datafree", SPLIT_DATAFREE, RULES,
-          "Dong et al. 2022: per-block inverses trained on no real data with cycle consistency, composed",
-          kind="features")
+@attack(
+    "split_datafree",
+    SPLIT_DATAFREE,
+    RULES,
+    "Dong et al. 2022: per-block inverses trained on no real data with cycle consistency, composed",
+    kind="features",
+)
 def split_datafree(problem: Problem, cfg: dict, seed: int):
     encoder = problem.model
     if not isinstance(encoder, nn.Sequential):
-        raise ValueError("split_datafree inverts block by block: pass the encoder as an nn.Sequential of its "
-                         "blocks, e.g. nn.Sequential(*models.split_points(net)[0][:k])")
+        raise ValueError(
+            "split_datafree inverts block by block: pass the encoder as an nn.Sequential of its "
+            "blocks, e.g. nn.Sequential(*models.split_points(net)[0][:k])"
+        )
     blocks = [b.to(problem.device) for b in encoder]
     inverses = block_inverses(blocks, problem.image_shape, cfg, seed, problem.device)
     with torch.no_grad():

@@ -1,0 +1,166 @@
+"""The sweep of notebook 11 (where leakage begins): ``regime_cell`` trains one memorising target
+and runs one weight attack against it; ``regime_table`` scores every cell's reconstructions
+against the null band of ``regime``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import attacks, config, data, sampling, sweep
+from .attacks.optimisation import class_statistics
+from .regime import get_target, leakage, training_set
+from .training import accuracy
+
+
+def regime_cell(
+    folder,
+    dataset: str,
+    arch: str,
+    regime: str,
+    per_class: int,
+    seeds: list,
+    seed: int,
+    attack: str,
+    settings: dict,
+    recon_per_class: int,
+    training: dict,
+    device: str = "auto",
+) -> sweep.Result:
+    """A sweep cell: the target of ``arch`` trained in ``regime`` on the ``per_class`` images of
+    each class
+    that ``seed`` owns (``training``: its ``steps``, ``batch_size`` and ``lr``), cached in
+    ``<folder>/leakage_regime/<dataset>``, and weight attack ``attack`` (with ``settings``) against
+    it.
+    Returns the reconstructions as tensors and the target's training and test accuracy as rows; an
+    attack whose generator does not learn (``sampling.DegenerateRun``) returns a note and no
+    tensors,
+    and is counted as missing."""
+    x, y = training_set(dataset, per_class, seeds, seed)
+    test = data.load_dataset(dataset, "test")
+    dev = config.device({"device": device})
+    home = Path(folder) / "leakage_regime"
+    net, meta = get_target(
+        home / dataset,
+        arch,
+        regime,
+        x,
+        y,
+        **training,
+        seed=seed,
+        num_classes=len(test.classes),
+        device=dev,
+    )
+    cell = {
+        "dataset": dataset,
+        "arch": arch,
+        "regime": regime,
+        "per_class": per_class,
+        "seed": seed,
+    }
+    rows = [
+        {
+            **cell,
+            "train_accuracy": meta["train_accuracy"],
+            "test_accuracy": accuracy(net, test.float(), test.labels, dev),
+        }
+    ]
+    stats = (
+        class_statistics(net, x, y, device=dev)
+        if "class_stats" in attacks.get(attack).needs
+        else None
+    )
+    try:
+        r = attacks.reconstruct(
+            attack,
+            net,
+            tuple(x.shape[1:]),
+            len(test.classes),
+            recon_per_class,
+            settings,
+            seed,
+            dev,
+            class_stats=stats,
+            cache=home / "attacks",
+        )
+    except sampling.DegenerateRun as err:
+        return sweep.Result(rows, notes=[f"{attack} failed, counted as missing ({err})"])
+    return sweep.Result(rows, {"images": r.images, "labels": r.labels})
+
+
+def regime_table(done: dict, draws: int, recon_per_class: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``regime_cell``'s results scored: the long table of leakage values (columns: the cell's keys,
+    ``seed``, ``attack``, ``source`` of ``attack``/``cross``/``heldout``, ``draw``, ``metric``,
+    ``value``;
+    see the module's text) and the table of targets with their training and test accuracy."""
+    recon = {}
+    for c, r in done.items():
+        if r.tensors:
+            a = c.args
+            recon[a["dataset"], a["arch"], a["regime"], a["per_class"], a["seed"], a["attack"]] = (
+                r.tensors["images"],
+                r.tensors["labels"],
+            )
+    trained = pd.DataFrame([row for r in done.values() for row in r.rows]).drop_duplicates()
+    rows = []
+    groups = list(
+        dict.fromkeys(
+            (c.args["dataset"], c.args["arch"], c.args["regime"], c.args["per_class"]) for c in done
+        )
+    )
+    for dataset, arch, kind, n in groups:
+        attacked = [
+            c.args
+            for c in done
+            if (c.args["dataset"], c.args["arch"], c.args["regime"], c.args["per_class"])
+            == (dataset, arch, kind, n)
+        ]
+        seeds, names = attacked[0]["seeds"], list(dict.fromkeys(a["attack"] for a in attacked))
+        test = data.load_dataset(dataset, "test")
+        x_test, y_test = test.float(), test.labels
+        cell = {"dataset": dataset, "arch": arch, "regime": kind, "per_class": n}
+        for seed in seeds:
+            train = training_set(dataset, n, seeds, seed)
+            held = data.heldout_indices(y_test, n, seed)
+            ref = (x_test[held], y_test[held])
+            for name in names:
+                if (dataset, arch, kind, n, seed, name) not in recon:
+                    continue
+                images, labels = recon[dataset, arch, kind, n, seed, name]
+                rows.append(
+                    {
+                        **cell,
+                        "seed": seed,
+                        "attack": name,
+                        "source": "attack",
+                        "draw": 0,
+                        **leakage(images, labels, train, ref),
+                    }
+                )
+                for other in seeds:
+                    if other != seed and (dataset, arch, kind, n, other, name) in recon:
+                        o_images, o_labels = recon[dataset, arch, kind, n, other, name]
+                        rows.append(
+                            {
+                                **cell,
+                                "seed": seed,
+                                "attack": name,
+                                "source": "cross",
+                                "draw": other,
+                                **leakage(o_images, o_labels, train, ref),
+                            }
+                        )
+            for d in range(draws):
+                stand = data.heldout_indices(y_test, recon_per_class, 1000 + d, exclude=held)
+                values = leakage(x_test[stand], y_test[stand], train, ref)
+                rows += [
+                    {**cell, "seed": seed, "attack": name, "source": "heldout", "draw": d, **values}
+                    for name in names
+                ]
+    long = pd.DataFrame(rows).melt(
+        id_vars=["dataset", "arch", "regime", "per_class", "seed", "attack", "source", "draw"],
+        var_name="metric",
+        value_name="value",
+    )
+    return long, trained
