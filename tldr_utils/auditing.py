@@ -19,6 +19,7 @@ the verdict never uses it.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,11 @@ def _check_images(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
         raise ValueError(f"{name} must be a pair (images, labels), got {type(pair).__name__}")
     x, y = torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
+    if x.numel() == 0 or y.numel() == 0:
+        raise ValueError(
+            f"{name} is empty (images {tuple(x.shape)}, labels {tuple(y.shape)}): give at least "
+            "one image of every class"
+        )
     if (
         x.dim() != 4
         or not x.is_floating_point()
@@ -95,6 +101,67 @@ def _check_images(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
             f"{y.dtype}"
         )
     return x.float().cpu(), y.long().cpu()
+
+
+def check_model(model: torch.nn.Module, image: torch.Tensor, num_classes: int) -> None:
+    """Refuse, before any work and with the fix, a model that an attack would fail on later: one
+    without loaded weights, with non-finite or non-float32 parameters, that does not return one
+    tensor of logits for a batch like ``image``, or that has fewer outputs than the data has
+    classes."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, p in model.named_parameters():
+        if p.is_meta:
+            raise ValueError(
+                f"the model has no weights loaded: parameter {name!r} is on the meta device; "
+                "load them first (model.load_state_dict(...), or model.to_empty(device=...) "
+                "then load)"
+            )
+        if p.is_floating_point() and p.dtype != torch.float32:
+            raise ValueError(
+                f"the model's parameter {name!r} is {p.dtype}; the attacks run in float32: "
+                "pass model.float()"
+            )
+        if not torch.isfinite(p).all():
+            raise ValueError(
+                f"the model's parameter {name!r} holds NaN or infinite values; audit a "
+                "model whose training finished"
+            )
+    with registry.frozen(model), torch.no_grad():
+        out = model(image[:1].to(next(model.parameters(), image).device))
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"the model returns a {type(out).__name__}, but audit needs one tensor of logits "
+            "(N x classes); wrap it, e.g. nn.Sequential-style: "
+            "class Logits(nn.Module): forward(self, x): return model(x)[0]"
+        )
+    if out.dim() != 2 or out.shape[1] < num_classes:
+        raise ValueError(
+            f"the model gives outputs of shape {tuple(out.shape)} for one image, but the labels "
+            f"name {num_classes} classes (0 to {num_classes - 1}): it needs N x {num_classes} "
+            "logits; check the labels, or the model's last layer"
+        )
+
+
+def announce(model: torch.nn.Module, images: torch.Tensor, settings: dict, device) -> str:
+    """What an audit will run and a rough time for it, printed before the first attack: one
+    forward and backward pass of the model on a batch of 64 images, timed, times every attack's
+    steps (a floor: the generators and the judge add to it)."""
+    x = images[:64].to(device).requires_grad_(True)
+    with registry.frozen(model):
+        model(x).sum().backward()  # warm-up
+        start = time.perf_counter()
+        model(x).sum().backward()
+        per_step = time.perf_counter() - start
+    steps = sum(s.get("steps", 0) for s in settings.values())
+    params = sum(p.numel() for p in model.parameters())
+    line = (
+        f"audit: {', '.join(settings)} against a model of {params:,} parameters on images "
+        f"{tuple(images.shape[1:])}: {steps:,} attack steps, at least about "
+        f"{steps * per_step / 60:.1f} minutes on this machine"
+    )
+    print(line, flush=True)
+    return line
 
 
 # An audit's settings, with literal defaults (the default profile's scale): reconstructions of
@@ -186,6 +253,7 @@ def audit(
     x_train, y_train = _check_images("train", train)
     x_held, y_held = _check_images("heldout", heldout)
     num_classes = int(torch.cat([y_train, y_held]).max()) + 1
+    check_model(model, x_train, num_classes)
     names = list(attacks) if attacks is not None else registry.for_classes(num_classes)
     for name in names:
         registry.get(name)
@@ -208,6 +276,7 @@ def audit(
     }  # every attack's settings, checked before any work
     device = config.device({"device": device})
     _reference_split(y_held, num_classes)  # refuse too few held-out images before training a judge
+    announce(model, x_train, resolved, device)
     folder = config.run_dir(config.DEFAULT_PROFILE) if folder is None else folder
     judge = (
         evaluator
@@ -262,6 +331,7 @@ def run_audit(
     )
     names, shape = list(settings), tuple(x_train.shape[1:])
     num_classes = int(torch.cat([y_train, y_held]).max()) + 1
+    check_model(model, x_train, num_classes)
     device = torch.device(device)
     half = _reference_split(y_held, num_classes)
     ref = data.heldout_indices(y_held, half, seed)

@@ -53,15 +53,20 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def check_profile(name) -> str:
+    """``name`` if it is the name of a profile file, else a ValueError with the valid names: a
+    profile name also names a run folder, so a path (``../x``, ``/tmp/x``) must never pass."""
+    if not isinstance(name, str) or name not in profiles():
+        raise ValueError(
+            f"unknown profile {name!r}; choose one of {', '.join(profiles())} (the files in "
+            f"{PROFILE_DIR}, named without their folder or .json)"
+        )
+    return name
+
+
 def load_profile(name: str) -> dict:
     """The whole profile ``name``, with ``extends`` resolved."""
-    path = PROFILE_DIR / f"{name}.json"
-    if not path.is_file():
-        raise ValueError(
-            f"unknown profile {name!r}; choose one of {', '.join(profiles())} (files in "
-            f"{PROFILE_DIR})"
-        )
-    raw = json.loads(path.read_text())
+    raw = json.loads((PROFILE_DIR / f"{check_profile(name)}.json").read_text())
     parent = raw.pop("extends", None)
     return _merge(load_profile(parent), raw) if parent else raw
 
@@ -75,6 +80,11 @@ def settings(profile: str, section: str, overrides: dict | None = None) -> Setti
             f"profile {profile!r} has no section {section!r}; sections: {', '.join(sections)}"
         )
     cfg = {**full["common"], **full[section]}
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(
+            f"overrides must be a mapping of settings to values, e.g. {{'steps': 3}}, got "
+            f'{overrides!r}; with papermill: -y "overrides: {{steps: 3}}"'
+        )
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
@@ -121,18 +131,23 @@ def device(cfg: dict | None = None) -> torch.device:
     name = (cfg or {}).get("device", "auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    chosen = torch.device(name)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} was asked for, but this machine has no CUDA device; "
+            "use 'auto' (CUDA when present, else the CPU) or 'cpu'"
+        )
+    return chosen
 
 
 def run_dir(profile: str) -> Path:
-    """Where everything of one profile's run goes: ``runs/<profile>``."""
-    path = Path(os.environ.get("TLDR_RUNS", ROOT / "runs")) / profile
+    """Where everything of a profile's run goes: ``runs/<profile>``, or ``$TLDR_RUNS/<profile>``."""
+    path = Path(os.environ.get("TLDR_RUNS", ROOT / "runs")) / check_profile(profile)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(
             f"cannot create the run folder {path}: {err.strerror or err}. Choose a writable one "
-            f"with "
-            "the environment variable TLDR_RUNS, e.g. TLDR_RUNS=/tmp/runs make figures"
+            "with the environment variable TLDR_RUNS, e.g. TLDR_RUNS=/tmp/runs make figures"
         ) from err
     return path

@@ -12,7 +12,21 @@ import types
 
 from . import attacks, auditing, config, plotting
 
-_NOTEBOOK_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open", "profile", "overrides"}
+# what a Jupyter kernel itself puts in a notebook's namespace, each with the kind of value it puts
+# there: a parameter of that name (``-p open 1``) has another kind, and is refused like any other
+_KERNEL_NAMES = {
+    "In": list,
+    "Out": dict,
+    "get_ipython": callable,
+    "exit": callable,
+    "quit": callable,
+    "open": callable,
+}
+
+
+def _kernels(name: str, value) -> bool:
+    kind = _KERNEL_NAMES.get(name)
+    return kind is not None and (kind(value) if kind is callable else isinstance(value, kind))
 
 
 def setup(
@@ -31,7 +45,8 @@ def setup(
             k
             for k, v in namespace.items()
             if not k.startswith("_")
-            and k not in _NOTEBOOK_NAMES
+            and k not in ("profile", "overrides")
+            and not _kernels(k, v)
             and not isinstance(v, (types.ModuleType, types.FunctionType, type))
         )
         if stray:
