@@ -75,7 +75,7 @@ def test_a_model_the_library_never_saw_is_audited_in_a_few_lines(
             folder=tmp_path / "runs",
         )
         written = report.save(tmp_path / "audit")
-    assert set(report.table.attack) == set(attacks.for_classes(10)) | {
+    assert set(report.table.method) == set(attacks.for_classes(10)) | {
         "control_heldout",
         "control_noise",
     }
@@ -102,7 +102,7 @@ def test_a_model_the_library_never_saw_is_audited_in_a_few_lines(
     assert {p.name for p in written} >= {"audit.csv", "verdict.txt"} | {
         f"{n}.png" for n in attacks.for_classes(10)
     }
-    auc = report.table.query("attack == 'control_heldout' and metric == 'membership_auc'").iloc[0]
+    auc = report.table.query("method == 'control_heldout' and metric == 'membership_auc'").iloc[0]
     assert auc["lo"] <= auc["value"] <= auc["hi"]
     # real held-out images are recognised and realistic; noise is neither
     assert report.value("control_heldout", "precision") > report.value("control_noise", "precision")

@@ -308,7 +308,7 @@ def cell(
         notes += [f"{arch}: {name} failed ({why})" for name, why in found.failed.items()]
         t = found.table[found.table.metric.isin(KEEP)]
         rows += [
-            {**key, "method": r.attack, "metric": r.metric, "value": r.value}
+            {**key, "method": r.method, "metric": r.metric, "value": r.value}
             for r in t.itertuples()
         ]
         for name, (images, labels) in found.samples.items():

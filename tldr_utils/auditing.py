@@ -37,8 +37,9 @@ CONTROLS = ("control_heldout", "control_noise")
 
 @dataclass
 class Audit:
-    """What ``audit`` found: ``table`` (tidy: attack, metric, value, lo, hi), ``verdict`` (a
-    sentence per attack), ``samples`` (attack -> (images, labels)), ``failed`` (attack -> why)."""
+    """What ``audit`` found: ``table`` (tidy: method, metric, value, lo, hi; a method is an
+    attack or a control), ``verdict`` (a sentence per attack), ``samples`` (attack -> (images,
+    labels)), ``failed`` (attack -> why)."""
 
     table: pd.DataFrame
     verdict: str
@@ -46,10 +47,10 @@ class Audit:
     failed: dict[str, str] = field(default_factory=dict)
 
     def value(self, attack: str, metric: str) -> float:
-        row = self.table[(self.table.attack == attack) & (self.table.metric == metric)]
+        row = self.table[(self.table.method == attack) & (self.table.metric == metric)]
         if row.empty:
             raise KeyError(
-                f"no {metric!r} for {attack!r}; attacks: {sorted(self.table.attack.unique())}"
+                f"no {metric!r} for {attack!r}; attacks: {sorted(self.table.method.unique())}"
             )
         return float(row["value"].iloc[0])
 
@@ -362,7 +363,7 @@ def run_audit(
                 continue
             rows.append(
                 {
-                    "attack": name,
+                    "method": name,
                     "metric": m,
                     "value": v,
                     "lo": values.get(f"{m}_lo", math.nan),
@@ -398,7 +399,7 @@ def run_audit(
             rows += score(name, r.images, r.labels, r.cost)
             rows += [
                 {
-                    "attack": name,
+                    "method": name,
                     "metric": f"skipped_{t}",
                     "value": 1.0,
                     "lo": math.nan,
@@ -416,13 +417,13 @@ def run_audit(
 
 
 def _interval(t: pd.DataFrame, attack: str, metric: str, fmt: str) -> str:
-    row = t[(t.attack == attack) & (t.metric == metric)].iloc[0]
+    row = t[(t.method == attack) & (t.metric == metric)].iloc[0]
     return f"{fmt.format(row['value'])} [{fmt.format(row['lo'])}, {fmt.format(row['hi'])}]"
 
 
 def _verdict(t: pd.DataFrame, names, failed: dict, skipped: dict) -> str:
     def v(attack, metric):
-        return float(t[(t.attack == attack) & (t.metric == metric)]["value"].iloc[0])
+        return float(t[(t.method == attack) & (t.metric == metric)]["value"].iloc[0])
 
     lines = []
     for name in names:
@@ -430,8 +431,8 @@ def _verdict(t: pd.DataFrame, names, failed: dict, skipped: dict) -> str:
             lines.append(f"{name}: failed, so it says nothing either way. {failed[name]}")
             continue
         n = int(v(name, "images"))
-        closer_hi, closer_lo = t[(t.attack == name) & (t.metric == "l2_diff")][["hi", "lo"]].iloc[0]
-        auc_lo = float(t[(t.attack == name) & (t.metric == "membership_auc")]["lo"].iloc[0])
+        closer_hi, closer_lo = t[(t.method == name) & (t.metric == "l2_diff")][["hi", "lo"]].iloc[0]
+        auc_lo = float(t[(t.method == name) & (t.metric == "membership_auc")]["lo"].iloc[0])
         closer, singles = closer_hi < 0, auc_lo > 0.5
         evidence = (
             f"nearest-neighbour L2 to training minus to held-out images "
