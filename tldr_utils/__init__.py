@@ -7,7 +7,8 @@ Layers, each importing only those below it:
 - middle: ``data`` (the dataset registry; ``datasets`` the built-in records, ``readers``
   their files), ``models``, ``inversion`` (generator training and its loss terms),
   ``sampling``, ``attacks`` (every attack behind one interface), ``quality`` (realism,
-  variety, utility), ``metrics`` (leakage), ``targets``, ``sweep``, ``experiments``,
+  variety, utility), ``metrics`` (leakage), ``membership`` (the loss attack and offline
+  LiRA), ``targets``, ``sweep``, ``experiments``,
   ``cells`` (the sweeps' units of work), ``regime`` and ``regime_sweep``, ``defence``,
   ``architectures``, ``auditing`` (``audit``: any classifier in, a verdict out);
 - top: ``edge`` (profiles become settings objects), ``plotting``, ``findings`` and
