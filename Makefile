@@ -22,7 +22,7 @@ comma := ,
 SWEEP_ENV := TLDR_WORKERS=$(WORKERS) TLDR_GPU_PER_CELL=$(GPU_PER_CELL) $(if $(RAY),RAY_ADDRESS=$(or $(RAY_ADDRESS),local))
 OVERRIDES := $(if $(DATASETS),-y "overrides: {datasets: [$(subst $(space),$(comma),$(strip $(DATASETS)))]}")
 
-.PHONY: help setup data figures test lint bench clean
+.PHONY: help setup data figures test lint browser bench clean
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,7 +59,13 @@ lint: setup  ## ruff: the library and the tests formatted and linted (settings i
 	$(VENV)/bin/ruff format --check tldr_utils tests
 	$(VENV)/bin/ruff check tldr_utils tests
 
-test: data lint  ## lint, unit tests, then every notebook under nbval at the smoke profile, in two processes
+# the audit report's test opens it in a real browser: Debian's chromium, installed when missing (as root)
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+		echo "chromium is not installed (apt-get install -y chromium): the report's browser test will be skipped"
+
+test: data lint browser  ## lint, unit tests, then every notebook under nbval at the smoke profile, in two processes
 	$(TWO_PROCESSES) --dist loadfile tests -q
 	@rm -rf runs/smoke/nbval && mkdir -p runs/smoke/nbval
 	@for nb in $(NOTEBOOKS); do \

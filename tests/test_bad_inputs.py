@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import tldr_utils
-from tldr_utils import auditing, config, edge
+from tldr_utils import auditing, config, edge, preflight
 
 
 @pytest.fixture()
@@ -117,7 +117,7 @@ def test_every_unknown_notebook_parameter_is_refused(name, value):
 
 def test_an_audit_says_what_it_will_run_and_roughly_how_long(capsys):
     x, _ = _data()
-    line = auditing.announce(Net(), x, {"miface": {"steps": 300}, "tldr": {"steps": 100}}, "cpu")
+    line = preflight.announce(Net(), x, {"miface": {"steps": 300}, "tldr": {"steps": 100}}, "cpu")
     assert line in capsys.readouterr().out
     assert line.startswith(
         "audit: miface, tldr against a model of 1,108 parameters on images (1, 8, 8)"

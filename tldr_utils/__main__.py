@@ -1,6 +1,7 @@
 """The command line: ``python -m tldr_utils fetch NAME [NAME ...]`` gets datasets so that
 loading needs no download (what ``make data`` runs); ``python -m tldr_utils datasets`` lists
-each registered dataset, whether it is here, and from where."""
+each registered dataset, whether it is here, and from where; ``python -m tldr_utils audit``
+audits a classifier from its files (``audit_command``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tldr_utils import data
+from tldr_utils import audit_command, data
 
 
 def _summary(name: str, root: Path) -> str:
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         help=", ".join(data.DATASETS),
     )
     commands.add_parser("datasets", help="each dataset, whether it is here, and from where")
+    audit_command.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        return audit_command.main(args)
     if args.command == "fetch":
         return _fetch(args.names, args.root)
     for name in data.DATASETS:

@@ -19,7 +19,6 @@ the verdict never uses it.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import pandas as pd
 import torch
 
 from . import attacks as registry
-from . import config, data, metrics, quality, rules, sampling, store, training
+from . import config, data, metrics, preflight, quality, rules, sampling, store, training
 from .attacks.optimisation import class_statistics
 from .models import build_classifier
 
@@ -76,98 +75,10 @@ class Audit:
         return written
 
 
-def _check_images(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-        raise ValueError(f"{name} must be a pair (images, labels), got {type(pair).__name__}")
-    x, y = torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
-    if x.numel() == 0 or y.numel() == 0:
-        raise ValueError(
-            f"{name} is empty (images {tuple(x.shape)}, labels {tuple(y.shape)}): give at least "
-            "one image of every class"
-        )
-    if (
-        x.dim() != 4
-        or not x.is_floating_point()
-        or not torch.isfinite(x).all()
-        or x.min() < 0
-        or x.max() > 1
-    ):
-        raise ValueError(
-            f"{name} images must be finite floats N x C x H x W in [0, 1], got {tuple(x.shape)} "
-            f"{x.dtype}"
-        )
-    if y.dim() != 1 or len(y) != len(x) or y.is_floating_point() or y.min() < 0:
-        raise ValueError(
-            f"{name} labels must be {len(x)} whole numbers >= 0, got shape {tuple(y.shape)} "
-            f"{y.dtype}"
-        )
-    return x.float().cpu(), y.long().cpu()
-
-
-def check_model(model: torch.nn.Module, image: torch.Tensor, num_classes: int) -> None:
-    """Refuse, before any work and with the fix, a model that an attack would fail on later: one
-    without loaded weights, with non-finite or non-float32 parameters, that does not return one
-    tensor of logits for a batch like ``image``, or that has fewer outputs than the data has
-    classes."""
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    for name, p in model.named_parameters():
-        if p.is_meta:
-            raise ValueError(
-                f"the model has no weights loaded: parameter {name!r} is on the meta device; "
-                "load them first (model.load_state_dict(...), or model.to_empty(device=...) "
-                "then load)"
-            )
-        if p.is_floating_point() and p.dtype != torch.float32:
-            raise ValueError(
-                f"the model's parameter {name!r} is {p.dtype}; the attacks run in float32: "
-                "pass model.float()"
-            )
-        if not torch.isfinite(p).all():
-            raise ValueError(
-                f"the model's parameter {name!r} holds NaN or infinite values; audit a "
-                "model whose training finished"
-            )
-    with registry.frozen(model), torch.no_grad():
-        out = model(image[:1].to(next(model.parameters(), image).device))
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(
-            f"the model returns a {type(out).__name__}, but audit needs one tensor of logits "
-            "(N x classes); wrap it, e.g. nn.Sequential-style: "
-            "class Logits(nn.Module): forward(self, x): return model(x)[0]"
-        )
-    if out.dim() != 2 or out.shape[1] < num_classes:
-        raise ValueError(
-            f"the model gives outputs of shape {tuple(out.shape)} for one image, but the labels "
-            f"name {num_classes} classes (0 to {num_classes - 1}): it needs N x {num_classes} "
-            "logits; check the labels, or the model's last layer"
-        )
-
-
-def announce(model: torch.nn.Module, images: torch.Tensor, settings: dict, device) -> str:
-    """What an audit will run and a rough time for it, printed before the first attack: one
-    forward and backward pass of the model on a batch of 64 images, timed, times every attack's
-    steps (a floor: the generators and the judge add to it)."""
-    x = images[:64].to(device).requires_grad_(True)
-    with registry.frozen(model):
-        model(x).sum().backward()  # warm-up
-        start = time.perf_counter()
-        model(x).sum().backward()
-        per_step = time.perf_counter() - start
-    steps = sum(s.get("steps", 0) for s in settings.values())
-    params = sum(p.numel() for p in model.parameters())
-    line = (
-        f"audit: {', '.join(settings)} against a model of {params:,} parameters on images "
-        f"{tuple(images.shape[1:])}: {steps:,} attack steps, at least about "
-        f"{steps * per_step / 60:.1f} minutes on this machine"
-    )
-    print(line, flush=True)
-    return line
-
-
 # An audit's settings, with literal defaults (the default profile's scale): reconstructions of
 # each class, the generator attacks' steps, the judge's training, the bootstrap's resamples.
-# Any registered attack's name may also key a dict of that attack's own settings.
+# Any registered attack's name may also key a dict of that attack's own settings. ``shadows``
+# and ``shadow_steps`` are the membership reference's (LiRA's shadow models, audit_command).
 DEFAULTS = {
     "per_class": 10,
     "generator_steps": 400,
@@ -177,6 +88,8 @@ DEFAULTS = {
     "eval_shift": 2,
     "batch_size": 128,
     "lr": 0.002,
+    "shadows": 8,
+    "shadow_steps": 600,
 }
 
 
@@ -251,10 +164,10 @@ def audit(
     ``feature_layer`` names the layer whose input is the model's penultimate features
     (default: its last ``nn.Linear``).
     """
-    x_train, y_train = _check_images("train", train)
-    x_held, y_held = _check_images("heldout", heldout)
+    x_train, y_train = preflight.check_images("train", train)
+    x_held, y_held = preflight.check_images("heldout", heldout)
     num_classes = int(torch.cat([y_train, y_held]).max()) + 1
-    check_model(model, x_train, num_classes)
+    preflight.check_model(model, x_train, num_classes)
     names = list(attacks) if attacks is not None else registry.for_classes(num_classes)
     for name in names:
         registry.get(name)
@@ -277,7 +190,7 @@ def audit(
     }  # every attack's settings, checked before any work
     device = config.device({"device": device})
     _reference_split(y_held, num_classes)  # refuse too few held-out images before training a judge
-    announce(model, x_train, resolved, device)
+    preflight.announce(model, x_train, resolved, device)
     folder = config.run_dir(config.DEFAULT_PROFILE) if folder is None else folder
     judge = (
         evaluator
@@ -327,12 +240,12 @@ def run_audit(
     evaluation classifier, ``resamples`` the bootstrap's. ``train`` and ``heldout`` as in
     ``audit``."""
     (x_train, y_train), (x_held, y_held) = (
-        _check_images("train", train),
-        _check_images("heldout", heldout),
+        preflight.check_images("train", train),
+        preflight.check_images("heldout", heldout),
     )
     names, shape = list(settings), tuple(x_train.shape[1:])
     num_classes = int(torch.cat([y_train, y_held]).max()) + 1
-    check_model(model, x_train, num_classes)
+    preflight.check_model(model, x_train, num_classes)
     device = torch.device(device)
     half = _reference_split(y_held, num_classes)
     ref = data.heldout_indices(y_held, half, seed)

@@ -134,6 +134,8 @@ RULES = {
     "images_per_class": list_of(whole(1)),
     "recon_per_class": whole(1),
     "draws": whole(1),
+    "shadows": whole(2),
+    "shadow_steps": whole(1),
 }
 
 
