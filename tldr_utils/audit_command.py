@@ -39,17 +39,6 @@ SHOWN = [
 ]
 
 
-def leaks(table, name: str) -> bool:
-    """The verdict's rule: reconstructions closer to the training images than to held-out ones
-    (the L2 difference's interval below 0) and singling training images out (the membership
-    AUC's interval above 0.5)."""
-
-    def row(metric):
-        return table[(table.method == name) & (table.metric == metric)].iloc[0]
-
-    return bool(row("l2_diff")["hi"] < 0 and row("membership_auc")["lo"] > 0.5)
-
-
 def membership_reference(
     model, model_fn, train, heldout, settings: dict, seed: int, device
 ) -> dict:
@@ -146,10 +135,12 @@ def _membership_table(reference: dict) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def page(report: auditing.Audit, reference: dict, train, heldout, classes, provenance: dict) -> str:
-    """``index.html``: the verdict in plain words first, then each attack's pictures and numbers,
-    the controls, the membership reference, what was skipped, and the provenance."""
-    leaked = [n for n in report.samples if leaks(report.table, n)]
+def page(
+    report: auditing.Audit, leaked: list, reference: dict, train, heldout, classes, provenance: dict
+) -> str:
+    """``index.html``: the verdict in plain words first (``leaked``: the attacks that leak), then
+    each attack's pictures and numbers, the controls, the membership reference, what was skipped,
+    and the provenance."""
     headline = (
         f"Leakage found: {', '.join(leaked)} recovered images closer to the training data than to "
         "held-out data."
@@ -215,7 +206,7 @@ def run(
     """The command: load, check, audit, write ``out``; 2 when ``fail_on_leak`` and anything
     leaks."""
     settings = edge.audit_settings(profile)
-    config.device({"device": device})  # a missing GPU is named before anything loads
+    dev = config.device({"device": device})  # a missing GPU is named before anything loads
     x, y, classes = userfiles.load_images(train)
     xh, yh, held_classes = userfiles.load_images(heldout)
     if classes != held_classes:
@@ -239,9 +230,8 @@ def run(
         device=device,
         folder=config.run_dir(profile),
     )
-    dev = config.device({"device": device})
     reference = membership_reference(net, model_fn, (x, y), (xh, yh), settings, seed, dev)
-    leaked = [n for n in found.samples if leaks(found.table, n)]
+    leaked = [n for n in found.samples if auditing.leaks(found.table, n)]
     member_fires = any(r["auc_lo"] > 0.5 for r in reference.values())
     provenance = {
         "train": {"path": str(train), "n": len(x), "sha256": store.tensor_hash(x, y)},
@@ -269,7 +259,7 @@ def run(
         found.save(tmp)
         (tmp / "verdict.json").write_text(json.dumps(verdict, indent=1, default=float) + "\n")
         (tmp / "index.html").write_text(
-            page(found, reference, (x, y), (xh, yh), classes, provenance)
+            page(found, leaked, reference, (x, y), (xh, yh), classes, provenance)
         )
         if out.exists():
             shutil.rmtree(out)

@@ -334,6 +334,20 @@ def _interval(t: pd.DataFrame, attack: str, metric: str, fmt: str) -> str:
     return f"{fmt.format(row['value'])} [{fmt.format(row['lo'])}, {fmt.format(row['hi'])}]"
 
 
+def leak_tests(t: pd.DataFrame, name: str) -> tuple[bool, bool]:
+    """The verdict's two tests for attack ``name`` in an audit table ``t``: do its reconstructions
+    sit closer to the training images than to held-out ones (the L2 difference's interval below
+    0), and do they single training images out (the membership AUC's interval above 0.5)?"""
+    l2 = t[(t.method == name) & (t.metric == "l2_diff")].iloc[0]
+    auc = t[(t.method == name) & (t.metric == "membership_auc")].iloc[0]
+    return bool(l2["hi"] < 0), bool(auc["lo"] > 0.5)
+
+
+def leaks(t: pd.DataFrame, name: str) -> bool:
+    """Whether the verdict says that attack ``name`` leaks: both of ``leak_tests`` pass."""
+    return all(leak_tests(t, name))
+
+
 def _verdict(t: pd.DataFrame, names, failed: dict, skipped: dict) -> str:
     def v(attack, metric):
         return float(t[(t.method == attack) & (t.metric == metric)]["value"].iloc[0])
@@ -344,9 +358,8 @@ def _verdict(t: pd.DataFrame, names, failed: dict, skipped: dict) -> str:
             lines.append(f"{name}: failed, so it says nothing either way. {failed[name]}")
             continue
         n = int(v(name, "images"))
-        closer_hi, closer_lo = t[(t.method == name) & (t.metric == "l2_diff")][["hi", "lo"]].iloc[0]
-        auc_lo = float(t[(t.method == name) & (t.metric == "membership_auc")]["lo"].iloc[0])
-        closer, singles = closer_hi < 0, auc_lo > 0.5
+        closer_lo = t[(t.method == name) & (t.metric == "l2_diff")]["lo"].iloc[0]
+        closer, singles = leak_tests(t, name)
         evidence = (
             f"nearest-neighbour L2 to training minus to held-out images "
             f"{_interval(t, name, 'l2_diff', '{:+.3f}')}"

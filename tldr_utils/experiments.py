@@ -183,9 +183,7 @@ def run(
         targets.spec(recipe, dataset, cfg.arch, cfg.train_size, cfg.seed, trained=trained_target),
     )
     train = data.load_dataset(dataset, "train")
-    chosen = {k: cfg[k] for k in attacks.get(method).defaults if k in cfg} | {
-        "require_learned": trained_target
-    }
+    chosen = attacks.configure(method, cfg, {"require_learned": trained_target})
     attack_seed = _attack_seed(cfg)
     n, classes = cfg.samples_per_class, train.classes
     r = attacks.reconstruct(

@@ -22,7 +22,7 @@ methods), ``deepinversion`` (Yin et al. 2020), ``miface`` (Fredrikson et al.
 2015), ``bn_classwise`` (Soufleri et al. 2022) and, for two-class homogeneous networks only,
 ``kkt`` (Haim et al. 2022, the positive control; ``for_classes`` lists what applies). Profiles are
 not read here:
-``notebook.attack_settings`` turns a profile into an attack's settings at the edge.
+``edge.attack_settings`` turns a profile into an attack's settings at the edge.
 """
 
 from .. import rules

@@ -164,13 +164,7 @@ def resolve(name: str, settings: dict | None = None) -> dict:
                 )
             value = {**out[key], **value}
         out[key] = value
-    for key, value in out.items():
-        ok, what = attack.rules[key]
-        if not ok(value):
-            raise ValueError(
-                f"{key} must be {what() if callable(what) else what}; got {value!r} (attack "
-                f"{name!r})"
-            )
+    rules.check(out, f"attack {name!r}", attack.rules)
     return out
 
 
