@@ -236,19 +236,13 @@ def cell(
     device: str = "auto",
 ) -> sweep.Result:
     """A sweep cell (notebook 10): classifiers of ``archs`` trained to matched accuracy
-    (``get_matched``
-    with ``training``: steps, batch_size, lr, check_every) on the ``train_size`` images of
-    ``dataset``
-    that ``seed`` picks, each attacked by every weight attack of ``attacks`` ({name: settings})
-    through
-    ``auditing.run_audit`` and by ``split_optimisation`` (``split_steps``) after its first and last
-    block,
-    every reconstruction judged by the evaluator ``judge`` (``targets.spec``). The test split's
-    first
-    half holds the held-out references and the private inputs, its second half the validation
-    images.
-    Returns tidy rows and, as tensors ``<arch>/<attack>/images`` and ``.../labels``, each attack's
-    samples."""
+    (``get_matched`` with ``training``: steps, batch_size, lr, check_every) on the ``train_size``
+    images of ``dataset`` that ``seed`` picks, each attacked by every weight attack of ``attacks``
+    ({name: settings}) through ``auditing.run_audit`` and by ``split_optimisation``
+    (``split_steps``) after its first and last block, every reconstruction judged by the evaluator
+    ``judge`` (``targets.spec``). The test split's first half holds the held-out references and the
+    private inputs, its second half the validation images. Returns tidy rows and, as tensors
+    ``<arch>/<attack>/images`` and ``.../labels``, each attack's samples."""
     dev = config.device({"device": device})
     train, test = data.load_dataset(dataset, "train"), data.load_dataset(dataset, "test")
     x_test, y_test, half = test.float(), test.labels, len(test) // 2

@@ -6,14 +6,12 @@ training images *and* against held-out images of the same classes, beside
 two controls that cannot leak: real held-out images the model never saw
 (``control_heldout``) and uniform noise (``control_noise``).
 
-The verdict rests on paired comparisons with intervals (``metrics.paired_leakage``):
-do the same reconstructions sit closer to the training images than to held-out
-ones, and do they single training images out (membership AUC)? Realism and
-coverage are ``quality.realism`` (precision, recall, density, coverage and an FID) in the feature
-space of an
-evaluation classifier trained on the training images; ``copying_z`` is in the
-table for reference but measures how smooth images are as much as leakage, so
-the verdict never uses it.
+The verdict rests on paired comparisons with intervals (``metrics.paired_leakage``): do the same
+reconstructions sit closer to the training images than to held-out ones, and do they single training
+images out (membership AUC)? Realism and coverage are ``quality.realism`` (precision, recall,
+density, coverage and an FID) in the feature space of an evaluation classifier trained on the
+training images; ``copying_z`` is in the table for reference but measures how smooth images are as
+much as leakage, so the verdict never uses it.
 """
 
 from __future__ import annotations

@@ -25,11 +25,9 @@ from .models import split_points
 # (notebook 04)
 def reference_sets(dataset: str, train_size: int | None, seed: int, heldout_per_class: int) -> dict:
     """What a target's reconstructions are compared with: its training images (``train``), a
-    held-out set
-    of ``heldout_per_class`` test images of each class that no target saw (``heldout``), and a
-    second,
-    disjoint held-out set (``fresh``) that stands in for reconstructions in the held-out control.
-    Each is a pair (images, labels)."""
+    held-out set of ``heldout_per_class`` test images of each class that no target saw
+    (``heldout``), and a second, disjoint held-out set (``fresh``) that stands in for
+    reconstructions in the held-out control. Each is a pair (images, labels)."""
     train, test = data.load_dataset(dataset, "train"), data.load_dataset(dataset, "test")
     idx = targets.training_indices(train, train_size, seed)
     held, fresh = experiments.heldout_and_fresh(test.labels, heldout_per_class, seed)
@@ -74,11 +72,10 @@ def leakage_cell(
     setting: str = "sweep",
 ) -> sweep.Result:
     """A sweep cell: run generator attack ``method`` with ``settings`` (the attack's, resolved)
-    against
-    the target ``target`` (``targets.spec``; its seed is also the attack's), ``per_class`` images of
-    each class, and score its leakage with the evaluator ``judge`` against the references of
-    ``scored_at``, a list of (training-set size, seed) pairs (default: the target's own). Rows carry
-    method ``label`` (default ``method``). ``keep`` returns the images and labels as tensors.
+    against the target ``target`` (``targets.spec``; its seed is also the attack's), ``per_class``
+    images of each class, and score its leakage with the evaluator ``judge`` against the references
+    of ``scored_at``, a list of (training-set size, seed) pairs (default: the target's own). Rows
+    carry method ``label`` (default ``method``). ``keep`` returns the images and labels as tensors.
     An untrained target (steps 0) is attacked without the check that the generator learned."""
     net, _ = targets.train(folder, **target)
     judge_net, _ = targets.train(folder, **judge)
@@ -111,10 +108,8 @@ def leakage_cell(
 
 def controls_cell(folder, target: dict, judge: dict, heldout_per_class: int) -> sweep.Result:
     """A sweep cell: the two stand-ins for reconstructions that need no attack, scored like one
-    against the
-    references of ``target`` (``targets.spec``): real held-out images (``control_heldout``) and
-    uniform
-    noise (``control_noise``)."""
+    against the references of ``target`` (``targets.spec``): real held-out images
+    (``control_heldout``) and uniform noise (``control_noise``)."""
     judge_net, _ = targets.train(folder, **judge)
     size, seed = target["train_size"], target["seed"]
     refs = reference_sets(target["dataset"], size, seed, heldout_per_class)
@@ -263,15 +258,13 @@ def split_cell(
     strip: int = 0,
 ) -> sweep.Result:
     """A sweep cell: feature attack ``attack`` (with ``settings``) recovers private test images of
-    the
-    target's dataset from what the first ``depth`` blocks of the target ``target``
-    (``targets.spec``)
-    send to a server; ``seed`` picks ``victims_per_class`` victims of each class from the test
-    split's first half and seeds the attack. The attacker's own images are ``aux_size`` images of
-    the second half, or the
-    first ``aux_size`` test images of ``aux_dataset``. Scored by ``metrics.paired_quality`` with the
-    evaluator ``judge``; rows carry method ``label`` (default ``attack``) and setting
-    ``split_depth<depth>``. ``strip`` returns that many reconstructions (tensor ``images``)."""
+    the target's dataset from what the first ``depth`` blocks of the target ``target``
+    (``targets.spec``) send to a server; ``seed`` picks ``victims_per_class`` victims of each class
+    from the test split's first half and seeds the attack. The attacker's own images are
+    ``aux_size`` images of the second half, or the first ``aux_size`` test images of
+    ``aux_dataset``. Scored by ``metrics.paired_quality`` with the evaluator ``judge``; rows carry
+    method ``label`` (default ``attack``) and setting ``split_depth<depth>``. ``strip`` returns that
+    many reconstructions (tensor ``images``)."""
     net, _ = targets.train(folder, **target)
     judge_net, _ = targets.train(folder, **judge)
     test = data.load_dataset(target["dataset"], "test")

@@ -2,9 +2,9 @@
 
 A profile is a JSON file in ``profiles/``. It has a ``common`` section and one
 section per notebook; ``"extends": "cpu"`` starts from another profile and
-replaces the settings it names (each whole: a dict setting is not merged). ``settings(profile,
-section, overrides)`` flattens
-``common`` and the section into one dict and rejects unknown keys.
+replaces the settings it names (each whole: a dict setting is not merged).
+``settings(profile, section, overrides)`` flattens ``common`` and the section into one dict
+and rejects unknown keys.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Datasets and their provenance: every image set the notebooks use comes from here.
 
-A dataset is a ``Dataset`` record, registered by name (the built-in ones are
-``datasets.BUILTIN``). ``load_dataset(name, split)`` tries its sources in order
-(files under ``data/``, a system copy), then its download, and records the place
-it used in ``ImageSet.source``. Every reader checks what it reads, so a damaged
-file raises ``CorruptDataset`` naming the file instead of a reshape error deep
+A dataset is a ``Dataset`` record, registered by name (the built-in ones are ``datasets.BUILTIN``).
+``load_dataset(name, split)`` tries its sources in order (files under ``data/``, a system copy),
+then its download, and records the place it used in ``ImageSet.source``. Every reader checks what it
+reads, so a damaged file raises ``CorruptDataset`` naming the file instead of a reshape error deep
 inside numpy.
 
 Command line: ``python -m tldr_utils fetch NAME [NAME ...]``

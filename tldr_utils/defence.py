@@ -1,10 +1,9 @@
 """The defence of split computing: adversarially learned privacy-preserving representations
 (Xiao et al., AAAI 2020; REFERENCE section 2).
 
-A classifier is cut after ``depth`` blocks into an encoder E (run on the device)
-and a task head C (the rest). While E and C learn the task, an adversary decoder
-D learns, on the attacker's own images, to reconstruct x from E(x); E and C
-minimise
+A classifier is cut after ``depth`` blocks into an encoder E (run on the device) and a task head C
+(the rest). While E and C learn the task, an adversary decoder D learns, on the attacker's own
+images, to reconstruct x from E(x); E and C minimise
 
     L_task(C(E(x)), y) - lambda * L_rec(D(E(x)), x)
 
@@ -72,9 +71,8 @@ def train_defended(
 ):
     """A classifier of ``arch`` trained on ``images``/``labels`` against an adversary decoder that
     sees its first ``depth`` blocks and learns on ``aux``, ``adversary_steps`` of its steps to each
-    of
-    the classifier's (a decoder kept near its best leaves the encoder no way to raise its loss but
-    to lose information). Returns the classifier (in eval mode) and, per step, ``task``, ``rec``
+    of the classifier's (a decoder kept near its best leaves the encoder no way to raise its loss
+    but to lose information). Returns the classifier (in eval mode) and, per step, ``task``, ``rec``
     (the adversary's reconstruction loss on the training batch) and ``decoder`` (on its own
     batch)."""
     if lam < 0 or not math.isfinite(lam):
@@ -147,8 +145,7 @@ def get_defended(
     **settings,
 ):
     """``train_defended``, cached in ``folder`` under a hash of the data, ``depth``, ``lam`` and
-    every
-    setting (a ``perceptual`` network by its weights). Returns the classifier and its meta
+    every setting (a ``perceptual`` network by its weights). Returns the classifier and its meta
     (settings, training seconds, and ``late``: each loss averaged over the last tenth of the
     steps)."""
     perceptual = settings.get("perceptual")

@@ -26,9 +26,8 @@ def heldout_and_fresh(
     test_labels: torch.Tensor, per_class: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of two disjoint sets of ``per_class`` test images of each class: the held-out
-    reference
-    that samples are compared with, and a fresh set that stands in for samples (real images scored
-    exactly like them)."""
+    reference that samples are compared with, and a fresh set that stands in for samples (real
+    images scored exactly like them)."""
     held = data.heldout_indices(test_labels, per_class, seed)
     return held, data.heldout_indices(test_labels, per_class, seed + 1000, exclude=held)
 

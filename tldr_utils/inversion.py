@@ -140,9 +140,9 @@ def grad_norm_term(net, logits, labels):
 
 def diversity_term(x, z, labels):
     """Mode seeking (Mao et al. 2019, MSGAN), within each class: the mean over pairs of images of
-    one
-    class of (distance of their latents) / (distance of the images), both mean absolute differences.
-    Low when different latents give different images: it keeps the generator from ignoring z."""
+    one class of (distance of their latents) / (distance of the images), both mean absolute
+    differences. Low when different latents give different images: it keeps the generator from
+    ignoring z."""
     same = (labels[:, None] == labels[None, :]) & ~torch.eye(
         len(labels), dtype=torch.bool, device=labels.device
     )
@@ -170,12 +170,10 @@ def stats_distance(captured, reference, first_multiplier: float) -> torch.Tensor
 
 
 def bn_term(captured, first_layer_weight: float = 10.0) -> torch.Tensor:
-    """Distance of the batch's feature statistics from each batch-norm layer's running
-    statistics (DeepInversion's feature prior), averaged over the layers. The first layer, which
-    sees
-    the raw pixels' edges and intensities, counts ``first_layer_weight`` times, as
-    in DeepInversion (in our runs, 10 rather than 2 let the evaluator recognise a few
-    points more of the inversions)."""
+    """Distance of the batch's feature statistics from each batch-norm layer's running statistics
+    (DeepInversion's feature prior), averaged over the layers. The first layer, which sees the raw
+    pixels' edges and intensities, counts ``first_layer_weight`` times, as in DeepInversion (in our
+    runs, 10 rather than 2 let the evaluator recognise a few points more of the inversions)."""
     running = [(layer.running_mean, layer.running_var) for layer, _ in captured]
     return stats_distance(captured, running, first_layer_weight) / max(len(captured), 1)
 

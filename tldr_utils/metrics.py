@@ -66,12 +66,11 @@ def recovery(
     margin: float = 0.1,
 ) -> pd.DataFrame:
     """Which training images an attack truly recovered, one row per training image: ``ssim``, that
-    of
-    its most similar reconstruction of its class (``reconstruction``, its index); ``ssim_heldout``,
-    that reconstruction's SSIM to its most similar held-out image of the class (``heldout``, its
-    index); ``recovered``: ``ssim`` at least ``threshold`` and the held-out image at least
-    ``margin``
-    less similar, so the reconstruction is this training image, not just one of its class."""
+    of its most similar reconstruction of its class (``reconstruction``, its index);
+    ``ssim_heldout``, that reconstruction's SSIM to its most similar held-out image of the class
+    (``heldout``, its index); ``recovered``: ``ssim`` at least ``threshold`` and the held-out image
+    at least ``margin`` less similar, so the reconstruction is this training image, not just one of
+    its class."""
     rows = []
     for i in range(len(train)):
         same = (recon_labels == train_labels[i]).nonzero().flatten()

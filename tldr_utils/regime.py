@@ -86,8 +86,7 @@ rules.add(
 
 def disjoint_sets(labels: torch.Tensor, per_class: int, seeds) -> dict:
     """``{seed: indices}``: ``per_class`` images of every class for each seed, no image in two
-    seeds'
-    sets, so that each seed's targets are trained on other images than the rest."""
+    seeds' sets, so that each seed's targets are trained on other images than the rest."""
     taken, out = torch.empty(0, dtype=torch.long), {}
     for seed in seeds:
         out[seed] = data.heldout_indices(labels, per_class, seed, exclude=taken)
@@ -286,8 +285,7 @@ def answers(
 
 def metric_rows(bands: pd.DataFrame, setting: str, num_classes: int) -> list[dict]:
     """``band``'s table as rows of the project's ``metrics.csv`` (``store.record_metrics``): for
-    each
-    cell, the attack's mean, the band's ends and whether it lies outside (1 or 0), under
+    each cell, the attack's mean, the band's ends and whether it lies outside (1 or 0), under
     ``setting``; ``train_size`` counts the training images of all ``num_classes`` classes."""
     rows = []
     for r in bands.itertuples():

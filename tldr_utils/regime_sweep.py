@@ -29,14 +29,11 @@ def regime_cell(
     device: str = "auto",
 ) -> sweep.Result:
     """A sweep cell: the target of ``arch`` trained in ``regime`` on the ``per_class`` images of
-    each class
-    that ``seed`` owns (``training``: its ``steps``, ``batch_size`` and ``lr``), cached in
-    ``<folder>/leakage_regime/<dataset>``, and weight attack ``attack`` (with ``settings``) against
-    it.
-    Returns the reconstructions as tensors and the target's training and test accuracy as rows; an
-    attack whose generator does not learn (``sampling.DegenerateRun``) returns a note and no
-    tensors,
-    and is counted as missing."""
+    each class that ``seed`` owns (``training``: its ``steps``, ``batch_size`` and ``lr``), cached
+    in ``<folder>/leakage_regime/<dataset>``, and weight attack ``attack`` (with ``settings``)
+    against it. Returns the reconstructions as tensors and the target's training and test accuracy
+    as rows; an attack whose generator does not learn (``sampling.DegenerateRun``) returns a note
+    and no tensors, and is counted as missing."""
     x, y = training_set(dataset, per_class, seeds, seed)
     test = data.load_dataset(dataset, "test")
     dev = config.device({"device": device})
@@ -92,8 +89,8 @@ def regime_cell(
 def regime_table(done: dict, draws: int, recon_per_class: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``regime_cell``'s results scored: the long table of leakage values (columns: the cell's keys,
     ``seed``, ``attack``, ``source`` of ``attack``/``cross``/``heldout``, ``draw``, ``metric``,
-    ``value``;
-    see the module's text) and the table of targets with their training and test accuracy."""
+    ``value``; see the module's text) and the table of targets with their training and test
+    accuracy."""
     recon = {}
     for c, r in done.items():
         if r.tensors:

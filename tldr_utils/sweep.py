@@ -49,11 +49,9 @@ class Cell:
     """One unit of a sweep: ``task`` ("package.module:function") called with ``args``.
 
     ``cpus`` is also the number of threads the cell runs with (default ``default_cpus()``); ``gpu``
-    a fraction of one
-    GPU (0.25: four such cells share a GPU; default ``TLDR_GPU_PER_CELL``, else 0); ``memory_gb``
-    what Ray
-    reserves for it.
-    ``label`` is how progress and errors name it (default: its task and arguments)."""
+    a fraction of one GPU (0.25: four such cells share a GPU; default ``TLDR_GPU_PER_CELL``, else
+    0); ``memory_gb`` what Ray reserves for it. ``label`` is how progress and errors name it
+    (default: its task and arguments)."""
 
     task: str
     args: dict = field(default_factory=dict)
@@ -141,11 +139,9 @@ def _guarded(cell: Cell):
 
 
 def default_cpus() -> int:
-    """Threads for a cell: this process's own (torch's, as ``OMP_NUM_THREADS`` sets them) when
-    cells run
-    here one after another, shared among the local workers (``TLDR_WORKERS``), one on Ray (which
-    packs
-    cells by their CPUs). More threads than cores would make every one of them wait on the
+    """Threads for a cell: this process's own (torch's, as ``OMP_NUM_THREADS`` sets them) when cells
+    run here one after another, shared among the local workers (``TLDR_WORKERS``), one on Ray (which
+    packs cells by their CPUs). More threads than cores would make every one of them wait on the
     others."""
     backend, workers = backend_from_env()
     return 1 if backend == "ray" else max(1, torch.get_num_threads() // workers)

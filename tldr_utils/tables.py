@@ -89,10 +89,8 @@ def _mean_sd(values: pd.Series) -> str:
 
 def figure_scores(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows of Figures 3-4's generators (``main`` and ``paper_loss``) and of real test images,
-    and
-    their table: per dataset, method and loss, how many generator seeds, then each of
-    ``FIGURE_SCORES``
-    as mean ± standard deviation over the seeds."""
+    and their table: per dataset, method and loss, how many generator seeds, then each of
+    ``FIGURE_SCORES`` as mean ± standard deviation over the seeds."""
     m = store.fill_default_keys(pd.DataFrame(metrics))
     m["class"] = m["class"].fillna("")
     generated = m.setting.isin(LOSSES) & m.method.isin(["inversion", "tldr"])

@@ -1,9 +1,8 @@
 """Target classifiers: trained once per configuration, cached in ``runs/<profile>/targets``.
 
-A target is named by (dataset, architecture, training-set size, seed) and the
-profile's ``train_targets`` settings; its checkpoint's file name carries a hash
-of all of them, so changing any setting trains a new one instead of reusing a
-stale file.
+A target is named by (dataset, architecture, training-set size, seed) and the profile's
+``train_targets`` settings; its checkpoint's file name carries a hash of all of them, so changing
+any setting trains a new one instead of reusing a stale file.
 """
 
 from __future__ import annotations
@@ -83,13 +82,12 @@ def train(
     device: str = "auto",
 ):
     """The classifier of ``arch`` trained for ``steps`` minibatches of ``batch_size`` (0: the
-    untrained
-    control, same architecture, random weights) on ``train_size`` images of ``dataset`` chosen by
-    ``seed`` (None: all), each moved by up to ``shift`` pixels; cached in ``<folder>/targets``
-    under a hash of every choice, so changing any one trains a new one instead of reusing a
-    stale file. Returns ``(net, meta)``; ``meta`` holds the settings, training-set size, train
-    and test accuracy, data provenance and training time. Two processes that need the same
-    target at once train it once: the second waits for the first and loads its checkpoint."""
+    untrained control, same architecture, random weights) on ``train_size`` images of ``dataset``
+    chosen by ``seed`` (None: all), each moved by up to ``shift`` pixels; cached in
+    ``<folder>/targets`` under a hash of every choice, so changing any one trains a new one instead
+    of reusing a stale file. Returns ``(net, meta)``; ``meta`` holds the settings, training-set
+    size, train and test accuracy, data provenance and training time. Two processes that need the
+    same target at once train it once: the second waits for the first and loads its checkpoint."""
     train_set = data.load_dataset(dataset, "train")
     test = data.load_dataset(dataset, "test")
     idx = training_indices(train_set, train_size, seed)
@@ -142,8 +140,7 @@ def train(
 
 def target_cell(folder, **target) -> sweep.Result:
     """A sweep cell: train (or load) the target ``target`` (``spec``'s keys) and report its train
-    and
-    test accuracy as metric rows (method ``target``)."""
+    and test accuracy as metric rows (method ``target``)."""
     _, meta = train(folder, **target)
     key = {
         "dataset": meta["dataset"],

@@ -6,9 +6,9 @@ way to run any of them::
 
     from tldr_utils import attacks
     r = attacks.reconstruct("deepinversion", model, (1, 28, 28), 10, per_class=10,
-    settings={"steps": 500})
-    r.images, r.labels, r.cost   # N x C x H x W in [0, 1], class-sorted; CPU and wall seconds,
-    steps
+                            settings={"steps": 500})
+    r.images   # N x C x H x W in [0, 1], class-sorted
+    r.cost     # CPU and wall seconds, steps
 
 ``model`` is any ``nn.Module`` mapping N x C x H x W images in [0, 1] to logits.
 Terms that need the model's penultimate features read them with a forward hook
@@ -17,12 +17,11 @@ a term the model cannot support, such as the batch-norm prior of a model
 without batch norm, is skipped with a warning naming it. Settings are checked
 (unknown keys and out-of-range values refused) before any work starts.
 
-Registered: ``inversion`` and ``tldr`` (one conditioned generator, the paper's
-methods), ``deepinversion`` (Yin et al. 2020), ``miface`` (Fredrikson et al.
-2015), ``bn_classwise`` (Soufleri et al. 2022) and, for two-class homogeneous networks only,
-``kkt`` (Haim et al. 2022, the positive control; ``for_classes`` lists what applies). Profiles are
-not read here:
-``edge.attack_settings`` turns a profile into an attack's settings at the edge.
+Registered: ``inversion`` and ``tldr`` (one conditioned generator, the paper's methods),
+``deepinversion`` (Yin et al. 2020), ``miface`` (Fredrikson et al. 2015), ``bn_classwise`` (Soufleri
+et al. 2022) and, for two-class homogeneous networks only, ``kkt`` (Haim et al. 2022, the positive
+control; ``for_classes`` lists what applies). Profiles are not read here: ``edge.attack_settings``
+turns a profile into an attack's settings at the edge.
 """
 
 from .. import rules

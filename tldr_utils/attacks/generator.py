@@ -74,8 +74,7 @@ TLDR = {
 
 def train_and_sample(problem: Problem, cfg: dict, seed: int):
     """Train the generator on ``problem.model`` (or load it, see ``trained_generator``), refuse a
-    degenerate
-    one, draw and select the samples."""
+    degenerate one, draw and select the samples."""
     net = problem.model
     wall, cpu = time.perf_counter(), time.process_time()
     G, history, trained = trained_generator(problem, cfg, seed)

@@ -74,8 +74,7 @@ def kkt_terms(net, theta: dict, x, lam, y, lambda_min: float) -> dict:
 
 def brightest_white(centre: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``centre + c * u`` in [0, 1] for each candidate direction ``u``, with the length ``c`` at
-    which
-    its first pixel reaches white (``c`` = 1 for a direction that brightens no pixel)."""
+    which its first pixel reaches white (``c`` = 1 for a direction that brightens no pixel)."""
     room = (1 - centre).expand_as(u).flatten(1)
     up = u.flatten(1)
     c = (
