@@ -22,7 +22,7 @@ comma := ,
 SWEEP_ENV := TLDR_WORKERS=$(WORKERS) TLDR_GPU_PER_CELL=$(GPU_PER_CELL) $(if $(RAY),RAY_ADDRESS=$(or $(RAY_ADDRESS),local))
 OVERRIDES := $(if $(DATASETS),-y "overrides: {datasets: [$(subst $(space),$(comma),$(strip $(DATASETS)))]}")
 
-.PHONY: help setup data figures test lint browser bench clean
+.PHONY: help setup data figures test lint browser bench bench-audit clean
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -77,6 +77,9 @@ test: data lint browser  ## lint, unit tests, then every notebook under nbval at
 
 bench: data  ## cost of an inversion step, a TLDR step and sampling: median and range of 5 repeats, CPU time, peak memory
 	$(PY) -m tldr_utils.bench --profile $(PROFILE)
+
+bench-audit: data  ## what the audit command costs end to end on the FashionMNIST CNN of Figures 3-4
+	$(PY) -m tldr_utils.bench_audit --profile $(PROFILE)
 
 clean:  ## remove run outputs (runs/), keep the environment and the data
 	rm -rf runs

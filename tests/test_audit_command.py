@@ -121,20 +121,7 @@ def test_the_report_opens_in_a_real_browser(reported, tmp_path):
         timeout=120,
     ).stdout
     assert "No attack recovered" in dom or "Leakage found" in dom
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            f"--screenshot={shot}",
-            "--window-size=1000,1400",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-    )
+    shot = audit_command.screenshot(page, tmp_path / "shot.png", height=1400)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10  # not blank: text and images drawn
     # every embedded image decodes: the browser reports natural sizes for each

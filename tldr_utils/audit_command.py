@@ -16,6 +16,7 @@ import io
 import json
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -135,6 +136,14 @@ def _membership_table(reference: dict) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _verdict_line(line: str) -> str:
+    """One attack's sentence of the verdict as a list item, its name in bold."""
+    name, sep, rest = line.partition(": ")
+    if not sep or " " in name:
+        return f"<li>{html.escape(line)}</li>" if line.strip() else ""
+    return f"<li><b>{html.escape(name)}</b>: {html.escape(rest)}</li>"
+
+
 def page(
     report: auditing.Audit, leaked: list, reference: dict, train, heldout, classes, provenance: dict
 ) -> str:
@@ -152,10 +161,11 @@ def page(
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Audit</title><style>"
         "body{font-family:sans-serif;max-width:980px;margin:2em auto;line-height:1.4}"
-        "td,th{padding:2px 10px;text-align:left}img{max-width:100%}pre{white-space:pre-wrap}"
+        "td,th{padding:2px 10px;text-align:left}li{margin-bottom:.4em}img{max-width:100%}"
+        "pre{white-space:pre-wrap}"
         "</style></head><body>",
         f"<h1>Audit of a classifier</h1><p class='headline'><b>{html.escape(headline)}</b></p>",
-        "<pre class='verdict'>" + html.escape(report.verdict) + "</pre>",
+        "<ul class='verdict'>" + "".join(map(_verdict_line, report.verdict.splitlines())) + "</ul>",
     ]
     for name, (images, labels) in report.samples.items():
         parts += [
@@ -192,54 +202,39 @@ def page(
     return "\n".join(parts)
 
 
-def run(
-    model: str,
-    weights,
+def audit_and_report(
+    model: torch.nn.Module,
+    model_fn,
     train,
     heldout,
+    classes,
     out,
-    profile: str = "smoke",
-    fail_on_leak: bool = False,
+    settings: dict,
     seed: int = 0,
     device: str = "auto",
-) -> int:
-    """The command: load, check, audit, write ``out``; 2 when ``fail_on_leak`` and anything
-    leaks."""
-    settings = edge.audit_settings(profile)
-    dev = config.device({"device": device})  # a missing GPU is named before anything loads
-    x, y, classes = userfiles.load_images(train)
-    xh, yh, held_classes = userfiles.load_images(heldout)
-    if classes != held_classes:
-        raise ValueError(
-            f"--train has classes {list(classes)}, --heldout {list(held_classes)}: give both the "
-            f"same"
-        )
-    if x.shape[1:] != xh.shape[1:]:
-        raise ValueError(
-            f"--train images are {tuple(x.shape[1:])}, --heldout images {tuple(xh.shape[1:])}"
-        )
-    net, model_fn = userfiles.load_model(model, weights, len(classes))
+    source: dict | None = None,
+    folder=None,
+) -> tuple[auditing.Audit, dict]:
+    """What the command does once the files are read, for a model in hand: ``audit`` with
+    ``settings`` (``edge.audit_settings(profile)``), the membership reference (LiRA's shadows
+    are built by ``model_fn()``), and ``out`` written whole: ``index.html``, ``verdict.json``,
+    ``verdict.txt``, ``audit.csv`` and a grid per attack. ``source`` says where the model came
+    from, for the provenance; ``folder`` caches the judge (default ``runs/cpu``). Returns the
+    audit and the verdict as written to ``verdict.json``."""
+    (x, y), (xh, yh) = train, heldout
+    dev = config.device({"device": device})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     found = auditing.audit(
-        net,
-        (x, y),
-        (xh, yh),
-        settings=settings,
-        seed=seed,
-        device=device,
-        folder=config.run_dir(profile),
+        model, (x, y), (xh, yh), settings=settings, seed=seed, device=device, folder=folder
     )
-    reference = membership_reference(net, model_fn, (x, y), (xh, yh), settings, seed, dev)
+    reference = membership_reference(model, model_fn, (x, y), (xh, yh), settings, seed, dev)
     leaked = [n for n in found.samples if auditing.leaks(found.table, n)]
-    member_fires = any(r["auc_lo"] > 0.5 for r in reference.values())
     provenance = {
-        "train": {"path": str(train), "n": len(x), "sha256": store.tensor_hash(x, y)},
-        "heldout": {"path": str(heldout), "n": len(xh), "sha256": store.tensor_hash(xh, yh)},
+        **(source or {}),
+        "train": {"n": len(x), "sha256": store.tensor_hash(x, y)},
+        "heldout": {"n": len(xh), "sha256": store.tensor_hash(xh, yh)},
         "classes": list(classes),
-        "model": model,
-        "weights": str(weights),
-        "profile": profile,
         "settings": settings,
         "seed": seed,
         "tldr_utils": __version__,
@@ -249,7 +244,7 @@ def run(
     verdict = {
         "leaks": bool(leaked),
         "leaking_attacks": leaked,
-        "membership_fires": member_fires,
+        "membership_fires": any(r["auc_lo"] > 0.5 for r in reference.values()),
         "membership": reference,
         "verdict": found.verdict,
         "provenance": provenance,
@@ -264,8 +259,84 @@ def run(
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
-    print(f"report: {out / 'index.html'}\n{found.verdict}")
-    return 2 if fail_on_leak and (leaked or member_fires) else 0
+    return found, verdict
+
+
+def screenshot(page_file, png, width: int = 1000, height: int = 900) -> Path:
+    """The first screen of a report as a PNG, drawn by headless Chromium (``apt-get install
+    chromium``)."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        raise FileNotFoundError("chromium is not installed: apt-get install -y chromium")
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={png}",
+            f"--window-size={width},{height}",
+            Path(page_file).resolve().as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return png
+
+
+def run(
+    model: str,
+    weights,
+    train,
+    heldout,
+    out,
+    profile: str = "smoke",
+    fail_on_leak: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    """The command: read and check the files, then ``audit_and_report``; 2 when
+    ``fail_on_leak`` and anything leaks."""
+    settings = edge.audit_settings(profile)
+    config.device({"device": device})  # a missing GPU is named before anything loads
+    x, y, classes = userfiles.load_images(train)
+    xh, yh, held_classes = userfiles.load_images(heldout)
+    if classes != held_classes:
+        raise ValueError(
+            f"--train has classes {list(classes)}, --heldout {list(held_classes)}: give both the "
+            f"same"
+        )
+    if x.shape[1:] != xh.shape[1:]:
+        raise ValueError(
+            f"--train images are {tuple(x.shape[1:])}, --heldout images {tuple(xh.shape[1:])}"
+        )
+    net, model_fn = userfiles.load_model(model, weights, len(classes))
+    source = {
+        "model": model,
+        "weights": str(weights),
+        "profile": profile,
+        "train_path": str(train),
+        "heldout_path": str(heldout),
+    }
+    found, verdict = audit_and_report(
+        net,
+        model_fn,
+        (x, y),
+        (xh, yh),
+        classes,
+        out,
+        settings,
+        seed,
+        device,
+        source,
+        folder=config.run_dir(profile),
+    )
+    print(f"report: {Path(out) / 'index.html'}\n{found.verdict}")
+    return 2 if fail_on_leak and (verdict["leaks"] or verdict["membership_fires"]) else 0
 
 
 def add_parser(commands) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from . import attacks as registry
 from . import config, data, metrics, preflight, quality, rules, sampling, store, training
@@ -286,9 +287,14 @@ def run_audit(
     rows, samples, failed, skipped = [], {}, {}, {}
     needs_stats = any("class_stats" in registry.get(n).needs for n in names)
     stats = class_statistics(model, x_train, y_train, device=device) if needs_stats else None
+    # one line across the attacks, weighted by their steps, so that its estimate of the time
+    # left is in the attacks' own units rather than in attacks of very different cost
+    steps = {n: max(1, int(settings[n].get("steps", 1))) for n in names}
+    bar = tqdm(total=sum(steps.values()), desc="audit", unit="step", mininterval=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for name in names:
+            bar.set_postfix_str(name, refresh=True)
             try:
                 r = registry.reconstruct(
                     name,
@@ -305,6 +311,8 @@ def run_audit(
             except sampling.DegenerateRun as err:
                 failed[name] = str(err)
                 continue
+            finally:
+                bar.update(steps[name])
             samples[name] = (r.images, r.labels)
             skipped[name] = r.skipped
             rows += score(name, r.images, r.labels, r.cost)
@@ -318,6 +326,7 @@ def run_audit(
                 }
                 for t in r.skipped
             ]
+    bar.close()
     for w in caught:  # shown once each, after the progress bars
         warnings.warn(w.message, w.category, stacklevel=2)
     noise = torch.rand(len(control), *shape, generator=torch.Generator().manual_seed(seed))
