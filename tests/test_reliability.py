@@ -190,6 +190,7 @@ def published(tmp_path, monkeypatch):
     readme.write_text(f"intro\n{report.START}\ncommitted numbers\n{report.END}\nrest\n")
     (tmp_path / "README.md").write_text(
         f"intro\n{report.TIMES[0]}\ncommitted times\n{report.TIMES[1]}\n"
+        f"{report.COST[0]}\ncommitted cost\n{report.COST[1]}\n"
     )
     monkeypatch.setattr(report, "RESULTS", readme)
     figures.mkdir()

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from tldr_utils import findings, report, tables
+from tldr_utils import findings, report, store, tables
 
 
 def _rows():
@@ -35,7 +35,10 @@ def test_readme_without_markers_is_refused(tmp_path, monkeypatch):
     _rows().to_csv(tmp_path / "cpu" / "metrics.csv", index=False)
     results, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
     results.write_text("# no markers\n")
-    readme.write_text(f"x\n{report.TIMES[0]}\nlong ago\n{report.TIMES[1]}\ny\n")
+    readme.write_text(
+        f"x\n{report.TIMES[0]}\nlong ago\n{report.TIMES[1]}\n"
+        f"{report.COST[0]}\nonce\n{report.COST[1]}\ny\n"
+    )
     with pytest.raises(ValueError, match="markers"):
         report.update_results("cpu", results, readme)
     results.write_text(f"a\n{report.START}\nold\n{report.END}\nb\n")
@@ -43,6 +46,16 @@ def test_readme_without_markers_is_refused(tmp_path, monkeypatch):
     text = results.read_text()
     assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text and "0.97" in text
     assert "long ago" not in readme.read_text() and "times were not recorded" in readme.read_text()
+    assert "once" not in readme.read_text() and "not measured yet" in readme.read_text()
+
+
+def test_the_audit_cost_sentence_comes_from_the_bench_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLDR_RUNS", str(tmp_path))
+    record = {"wall_seconds": 150, "train_images": 100, "heldout_images": 100, "cores": 2}
+    store.write_json(tmp_path / "smoke" / "bench_audit.json", record)
+    text = tables.audit_cost()
+    assert "`--profile smoke` 2.5 minutes (100 training and 100 held-out images)" in text
+    assert "cpu" not in text  # only what was measured
 
 
 def test_figure_table_names_the_evaluator_recorded_with_the_scores():

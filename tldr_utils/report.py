@@ -1,7 +1,8 @@
 """Publishing a run: its figures and its results tables (``tables``), from its ``metrics.csv``.
 
 ``python -m tldr_utils.report --profile cpu`` (``make figures`` runs it last) rewrites the
-generated part of RESULTS.md and the README's run times; nothing in them is typed by hand.
+generated part of RESULTS.md and the README's run times and audit cost; nothing in them is typed
+by hand.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ TIMES = (
     "<!-- times:start -->",
     "<!-- times:end -->",
 )  # the README's sentence on how long the run took
+COST = "<!-- audit-cost:start -->", "<!-- audit-cost:end -->"  # and on what the audit costs
 RESULTS, README = config.ROOT / "RESULTS.md", config.ROOT / "README.md"
 FIGURES = config.ROOT / "figures"  # what a default run publishes
 
@@ -42,6 +44,7 @@ def update_results(profile: str, results: Path | None = None, readme: Path | Non
     metrics = pd.read_csv(path, dtype={"train_size": str})
     replace_between(results or RESULTS, START, END, tables.tables(metrics, profile))
     replace_between(readme or README, *TIMES, tables.times(profile))
+    replace_between(readme or README, *COST, tables.audit_cost())
 
 
 def publish(profile: str, datasets: list[str] | None = None) -> list[Path]:

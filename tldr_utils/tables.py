@@ -136,6 +136,29 @@ def times(profile: str) -> str:
     )
 
 
+def audit_cost(profiles=("smoke", config.DEFAULT_PROFILE)) -> str:
+    """What the audit command cost on this machine, in a sentence (from ``make bench-audit``'s
+    records in each profile's run folder)."""
+    done = {}
+    for profile in profiles:
+        path = config.run_dir(profile) / "bench_audit.json"
+        if path.exists():
+            done[profile] = json.loads(path.read_text())
+    if not done:
+        return "Its cost is not measured yet: `make bench-audit PROFILE=smoke` measures it."
+    each = "; ".join(
+        f"`--profile {p}` {r['wall_seconds'] / 60:.1f} minutes ({r['train_images']:,} training "
+        f"and {r['heldout_images']:,} held-out images)"
+        for p, r in done.items()
+    )
+    cores = next(iter(done.values()))["cores"]
+    return (
+        f"On this machine ({cores} CPU cores), the command on the FashionMNIST CNN of Figures 3 "
+        f"and 4 took {each}, a fresh judge and the shadow models included, as `make bench-audit` "
+        "measured it."
+    )
+
+
 def tables(metrics: pd.DataFrame, profile: str) -> str:
     m = store.fill_default_keys(metrics)
     main, sweep = m[m.setting == "main"], m[m.setting == "sweep"]
