@@ -111,7 +111,7 @@ def test_generator_run_on_rgb_images_with_every_tldr_term():
     assert images.shape == (20, 3, 32, 32) and set(history[-1]) == set(inversion.TERMS) | {"total"}
 
 
-def test_cached_generator_run_records_scores(runs):
+def test_cached_generator_run_records_scores(runs, monkeypatch):
     result = method_run("smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2})
     assert result["images"].shape == (20, 1, 8, 8)
     assert {(r["method"], r["metric"]) for r in result["rows"]} == {
@@ -142,9 +142,12 @@ def test_cached_generator_run_records_scores(runs):
         scores["utility_hard"] / scores["utility_real"]
     )
     assert 0 <= scores["utility_distilled"] <= 1
-    again = method_run(
-        "smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2}, save=False
-    )
+    # a rerun takes the utility from its cache instead of training its classifiers again
+    with monkeypatch.context() as m:
+        m.setattr(experiments, "_utility", lambda *a: pytest.fail("utility trained again"))
+        again = method_run(
+            "smoke", "tldr", "digits", {"train_size": 100, "samples_per_class": 2}, save=False
+        )
     assert (
         "generator" not in again["reconstruction"].extra
     )  # loaded from the cache: images, not the network

@@ -94,7 +94,29 @@ def utility(folder, recipe: dict, G, net, cfg, dataset: str) -> dict:
     (``utility_hard``) or distilled from the target's softmax on them (``utility_distilled``); each
     as real-test accuracy and as a ratio to that of the same classifier trained the same way on the
     target's real training images (``utility_real``, cached as a target in ``folder``); ``recipe``
-    is the targets' ``train_targets`` settings."""
+    is the targets' ``train_targets`` settings. Cached in ``folder/utility`` under the weights of
+    ``G`` and ``net`` and the settings that shape the result, so a rerun does not train again."""
+    chosen = ("utility_images", "utility_steps", "hot", "soft_scale", "oversample", "seed", "arch")
+    key = store.config_hash(
+        {
+            "generator": store.tensor_hash(*G.state_dict().values()),
+            "target": store.tensor_hash(*net.state_dict().values()),
+            "dataset": dataset,
+            "train_size": cfg.train_size,
+            "recipe": [recipe["batch_size"], recipe["lr"]],
+            **{k: getattr(cfg, k) for k in chosen},
+        }
+    )
+    path = Path(folder) / "utility" / f"{dataset}_{key}.json"
+    cached = store.read_json(path)
+    if cached is not None:
+        return cached
+    out = _utility(folder, recipe, G, net, cfg, dataset)
+    store.write_json(path, out)
+    return out
+
+
+def _utility(folder, recipe: dict, G, net, cfg, dataset: str) -> dict:
     n = cfg.utility_images // G.num_classes
     images, labels = sampling.sample(
         G,
