@@ -403,3 +403,17 @@ def test_leakage_regime_tables_say_for_every_attack_and_size_whether_it_lies_out
         "(0.400 to 0.600) inside |" in text
     )
     assert "n=10 | n=100" in text
+
+
+def test_the_membership_table_shows_each_test_beside_its_null():
+    key = {"dataset": "mnist", "arch": "mlp", "train_size": "10", "seed": 0}
+    rows = [
+        {**key, "setting": "leakage_membership", "method": f"membership_{method}"}
+        | {"metric": f"{m}{side}", "value": value + shift}
+        for method, value in (("lira", 0.9), ("lira_null", 0.5))
+        for m in ("auc", "tpr_at_0.01_fpr")
+        for side, shift in (("", 0.0), ("_lo", -0.1), ("_hi", 0.05))
+    ]
+    text = tables.tables(pd.DataFrame(rows).assign(**{"class": ""}), "cpu")
+    assert "| mnist | mlp | 10 | 0 | lira | 0.900 [0.800, 0.950] |" in text
+    assert "| lira_null | 0.500 [0.400, 0.550] |" in text

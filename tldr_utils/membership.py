@@ -111,7 +111,9 @@ def lira_offline(
     architecture; ``shadow_data`` (images, labels) is the attacker's own data, none of it a
     probe; each of ``shadows`` models trains on a random half of it with ``recipe`` (the
     attacker's guess at the owner's: ``steps``, ``batch_size``, ``lr``; default 600, 64,
-    0.002). Returns ``summary`` of the scores and the recipe used."""
+    0.002; and, where the attacker knows them, ``shift`` and ``weight_decay`` as
+    ``training.train_classifier`` takes them). Returns ``summary`` of the scores and the recipe
+    used."""
     recipe = {"steps": 600, "batch_size": 64, "lr": 0.002, **(recipe or {})}
     x_shadow, y_shadow = shadow_data
     if shadows < 2:
@@ -133,6 +135,7 @@ def lira_offline(
             seed + k,
             device,
             desc=f"shadow {k + 1}/{shadows}",
+            **{name: recipe[name] for name in ("shift", "weight_decay") if name in recipe},
         )
         out.append(confidence(shadow, *probes, device))
     out = np.stack(out)

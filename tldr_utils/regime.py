@@ -73,6 +73,7 @@ def _control_ok(v) -> bool:
 rules.add(
     {
         "regimes": rules.list_of(rules.choice(lambda: list(REGIMES))),
+        "probes_per_class": rules.whole(1),
         "control": (
             _control_ok,
             lambda: (

@@ -1,16 +1,19 @@
 """The sweep of notebook 11 (where leakage begins): ``regime_cell`` trains one memorising target
 and runs one weight attack against it; ``regime_table`` scores every cell's reconstructions
-against the null band of ``regime``."""
+against the null band of ``regime``; ``membership_rows`` runs the standard membership test on the
+same targets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from . import attacks, config, data, sampling, sweep
+from . import attacks, config, data, membership, sampling, sweep
 from .attacks.optimisation import class_statistics
-from .regime import get_target, leakage, training_set
+from .models import build_classifier
+from .regime import REGIMES, get_target, leakage, training_set
 from .training import accuracy
 
 
@@ -161,3 +164,80 @@ def regime_table(done: dict, draws: int, recon_per_class: int) -> tuple[pd.DataF
         value_name="value",
     )
     return long, trained
+
+
+def membership_rows(
+    folder,
+    dataset: str,
+    arch: str,
+    regime: str,
+    per_class: int,
+    seeds: list,
+    seed: int,
+    training: dict,
+    shadows: int,
+    probes_per_class: int,
+    resamples: int = 1000,
+    device: str = "auto",
+) -> list[dict]:
+    """The field's standard membership test on the target of ``regime_cell`` (the same cached
+    network): the loss attack and offline LiRA, with the target's training images as members and
+    ``probes_per_class`` test images of each class as non-members. LiRA's ``shadows`` are trained
+    the target's way (its ``training`` and regime) on as many images as it had, drawn from test
+    images that are no probe. The null beside each: as many held-out images as the target has
+    members, standing in for them. Metric rows for ``metrics.csv`` (setting
+    ``leakage_membership``; ``method`` ``membership_loss``, ``membership_lira``, and the nulls
+    ``membership_loss_null``, ``membership_lira_null``)."""
+    x, y = training_set(dataset, per_class, seeds, seed)
+    test = data.load_dataset(dataset, "test")
+    dev = config.device({"device": device})
+    net, _ = get_target(
+        Path(folder) / "leakage_regime" / dataset,
+        arch,
+        regime,
+        x,
+        y,
+        **training,
+        seed=seed,
+        num_classes=len(test.classes),
+        device=dev,
+    )
+    xt, yt = test.float(), test.labels
+    probes = data.heldout_indices(yt, probes_per_class, seed)
+    stand_in = data.heldout_indices(yt, per_class, seed + 1, exclude=probes)
+    pool = data.heldout_indices(yt, 2 * per_class, seed + 2, exclude=torch.cat([probes, stand_in]))
+    recipe = {
+        "steps": training["steps"],
+        "batch_size": min(training["batch_size"], len(x)),
+        "lr": training["lr"],
+        "shift": REGIMES[regime]["shift"],
+        "weight_decay": REGIMES[regime]["weight_decay"],
+    }
+
+    def model_fn():
+        return build_classifier(arch, tuple(x.shape[1:]), len(test.classes))
+
+    nonmembers = (xt[probes], yt[probes])
+    found = {}
+    for name, members in (("", (x, y)), ("_null", (xt[stand_in], yt[stand_in]))):
+        found[f"loss{name}"] = membership.loss_attack(
+            net, members, nonmembers, seed, resamples, dev
+        )
+        found[f"lira{name}"] = membership.lira_offline(
+            net, model_fn, members, nonmembers, (xt[pool], yt[pool]), shadows, recipe, seed,
+            resamples, dev,
+        )  # fmt: skip
+    key = {"dataset": dataset, "arch": arch, "train_size": len(x), "seed": seed}
+    return [
+        {**key, "method": f"membership_{method}", "setting": "leakage_membership"}
+        | {"metric": metric, "value": float(r[metric])}
+        for method, r in found.items()
+        for metric in MEMBERSHIP_METRICS
+    ]
+
+
+MEMBERSHIP_METRICS = [
+    f"{m}{side}"
+    for m in ("auc", "tpr_at_0.01_fpr", "tpr_at_0.001_fpr")
+    for side in ("", "_lo", "_hi")
+]

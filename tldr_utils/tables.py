@@ -337,6 +337,9 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     memorised = m[m.setting.str.startswith("leakage_regime_") | (m.setting == "leakage_control")]
     if len(memorised):
         parts += _regime(memorised)
+    member = m[m.setting == "leakage_membership"]
+    if len(member):
+        parts += _membership(member)
     util = sweep[sweep.metric == "synthetic_utility"]
     if len(util):
         parts += [
@@ -345,6 +348,28 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
             _markdown(util[["dataset", "method", "train_size", "value"]].round(3)),
         ]
     return "\n\n".join(parts)
+
+
+def _membership(m: pd.DataFrame) -> list[str]:
+    """The standard membership test on ``11_leakage_regime``'s memorising targets: AUC and TPR at
+    1% FPR with their intervals, the test and its null side by side."""
+    m = m.assign(train_size=m.train_size.astype(float).astype(int), seed=m.seed.astype(int))
+    v = m.pivot_table(
+        index=["dataset", "arch", "train_size", "seed", "method"], columns="metric", values="value"
+    )
+    shown = {
+        m: [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in zip(v[m], v[f"{m}_lo"], v[f"{m}_hi"])]
+        for m in ("auc", "tpr_at_0.01_fpr")
+    }
+    t = pd.DataFrame(shown, index=v.index).reset_index()
+    t["method"] = t.method.str.removeprefix("membership_")
+    return [
+        "**The standard membership test on the same targets** (`11_leakage_regime`): the loss "
+        "attack and offline LiRA (shadows trained the target's way, never on a probe), members the "
+        "target's training images, non-members held-out probes; `_null` rows put held-out images "
+        "in the members' place. AUC and TPR at 1% FPR with 95% bootstrap intervals.",
+        _markdown(t),
+    ]
 
 
 def _regime(m: pd.DataFrame) -> list[str]:
