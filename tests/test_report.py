@@ -54,7 +54,7 @@ def test_the_audit_cost_sentence_comes_from_the_bench_records(tmp_path, monkeypa
     record = {"wall_seconds": 150, "train_images": 100, "heldout_images": 100, "cores": 2}
     store.write_json(tmp_path / "smoke" / "bench_audit.json", record)
     text = tables.audit_cost()
-    assert "`--profile smoke` 2.5 minutes (100 training and 100 held-out images)" in text
+    assert "2.5 minutes at `--profile smoke` (100 training and 100 held-out images)" in text
     assert "cpu" not in text  # only what was measured
 
 

@@ -146,9 +146,9 @@ def audit_cost(profiles=("smoke", config.DEFAULT_PROFILE)) -> str:
             done[profile] = json.loads(path.read_text())
     if not done:
         return "Its cost is not measured yet: `make bench-audit PROFILE=smoke` measures it."
-    each = "; ".join(
-        f"`--profile {p}` {r['wall_seconds'] / 60:.1f} minutes ({r['train_images']:,} training "
-        f"and {r['heldout_images']:,} held-out images)"
+    each = " and ".join(
+        f"{r['wall_seconds'] / 60:.1f} minutes at `--profile {p}` ({r['train_images']:,} "
+        f"training and {r['heldout_images']:,} held-out images)"
         for p, r in done.items()
     )
     cores = next(iter(done.values()))["cores"]
