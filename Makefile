@@ -1,4 +1,4 @@
-# make figures | make test | make lint | make data | make bench | make clean | make help
+# make figures | make test | make lint | make data | make bench | make bench-audit | make clean | make help
 # PROFILE=smoke|cpu|paper (default cpu); DATASETS="mnist fashion_mnist" limits the data.
 ## Variables: PROFILE=smoke|cpu|paper picks the scale (default cpu; only a full cpu run updates figures/ and the README);
 ##            DATASETS="mnist fashion_mnist" limits the data (make data DATASETS="svhn cifar10" fetches others);
