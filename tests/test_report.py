@@ -417,3 +417,19 @@ def test_the_membership_table_shows_each_test_beside_its_null():
     text = tables.tables(pd.DataFrame(rows).assign(**{"class": ""}), "cpu")
     assert "| mnist | mlp | 10 | 0 | lira | 0.900 [0.800, 0.950] |" in text
     assert "| lira_null | 0.500 [0.400, 0.550] |" in text
+
+
+def test_the_strength_table_marks_what_leaves_the_null_band():
+    key = {"dataset": "mnist", "arch": "mlp", "train_size": "10", "seed": 0, "class": ""}
+    rows = [
+        {**key, "method": "tldr", "setting": f"leakage_strength_{steps}"}
+        | {"metric": "membership_auc", "value": value}
+        for steps, value in ((30, 0.55), (810, 0.95))
+    ] + [
+        {**key, "method": "null", "setting": "leakage_strength_band"}
+        | {"metric": f"membership_auc_{end}", "value": value}
+        for end, value in (("lo", 0.3), ("hi", 0.8))
+    ]
+    text = tables.tables(pd.DataFrame(rows), "cpu")
+    assert "the null band of that seed: membership_auc 0.300 to 0.800" in text
+    assert "| tldr | 30 | 0.550 |" in text and "| tldr | 810 | 0.950 **outside** |" in text

@@ -74,6 +74,7 @@ rules.add(
     {
         "regimes": rules.list_of(rules.choice(lambda: list(REGIMES))),
         "probes_per_class": rules.whole(1),
+        "strength": rules.list_of(rules.whole(1)),
         "control": (
             _control_ok,
             lambda: (

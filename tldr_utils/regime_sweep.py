@@ -241,3 +241,27 @@ MEMBERSHIP_METRICS = [
     for m in ("auc", "tpr_at_0.01_fpr", "tpr_at_0.001_fpr")
     for side in ("", "_lo", "_hi")
 ]
+
+
+def strength_table(done: dict) -> pd.DataFrame:
+    """``regime_cell``'s results for one cell at several attack strengths, scored as
+    ``regime_table`` scores the sweep's attacks (``leakage`` against the target's training images
+    and as many held-out ones): columns ``dataset``, ``arch``, ``regime``, ``per_class``,
+    ``seed``, ``attack``, ``steps``, ``metric``, ``value``."""
+    rows = []
+    for c, r in done.items():
+        if not r.tensors:
+            continue
+        a = c.args
+        train = training_set(a["dataset"], a["per_class"], a["seeds"], a["seed"])
+        test = data.load_dataset(a["dataset"], "test")
+        held = data.heldout_indices(test.labels, a["per_class"], a["seed"])
+        scores = leakage(
+            r.tensors["images"], r.tensors["labels"], train, (test.float()[held], test.labels[held])
+        )
+        key = {k: a[k] for k in ("dataset", "arch", "regime", "per_class", "seed", "attack")}
+        rows += [
+            {**key, "steps": a["settings"]["steps"], "metric": m, "value": v}
+            for m, v in scores.items()
+        ]
+    return pd.DataFrame(rows)

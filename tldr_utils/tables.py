@@ -337,6 +337,9 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
     memorised = m[m.setting.str.startswith("leakage_regime_") | (m.setting == "leakage_control")]
     if len(memorised):
         parts += _regime(memorised)
+    stronger = m[m.setting.str.startswith("leakage_strength_")]
+    if len(stronger):
+        parts += _strength(stronger)
     member = m[m.setting == "leakage_membership"]
     if len(member):
         parts += _membership(member)
@@ -348,6 +351,35 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
             _markdown(util[["dataset", "method", "train_size", "value"]].round(3)),
         ]
     return "\n\n".join(parts)
+
+
+def _strength(m: pd.DataFrame) -> list[str]:
+    """``11_leakage_regime``'s strength check: one cell's leakage metrics at each attack strength,
+    beside that seed's null band."""
+    band = m[m.setting == "leakage_strength_band"].set_index("metric").value
+    runs = m[m.setting != "leakage_strength_band"].assign(
+        steps=lambda f: f.setting.str.removeprefix("leakage_strength_").astype(int)
+    )
+    t = runs.pivot_table(index=["method", "steps"], columns="metric", values="value", sort=False)
+    t = t.sort_index().round(3).astype(object)
+    for metric in t.columns:
+        if f"{metric}_hi" in band:
+            t[metric] = [
+                f"{v:.3f}{' **outside**' if v > band[f'{metric}_hi'] else ''}" for v in t[metric]
+            ]
+    said = ", ".join(
+        f"{metric} {band[f'{metric}_lo']:.3f} to {band[f'{metric}_hi']:.3f}"
+        for metric in t.columns
+        if f"{metric}_hi" in band
+    )
+    first = runs.iloc[0]
+    return [
+        f"**Would stronger attacks change the answer?** (`11_leakage_regime`): the {first.arch} "
+        f"target trained on {int(float(first.train_size))} {first.dataset} images (seed "
+        f"{int(first.seed)}) attacked again at several strengths; the null band of that seed: "
+        f"{said}.",
+        _markdown(t.reset_index()),
+    ]
 
 
 def _membership(m: pd.DataFrame) -> list[str]:

@@ -58,7 +58,12 @@ BUILTIN = (
 register(*BUILTIN)
 
 
-rules.add({"weight_attacks": rules.list_of(rules.choice(lambda: list(ATTACKS)))})
+rules.add(
+    {
+        name: rules.list_of(rules.choice(lambda: list(ATTACKS)))
+        for name in ("weight_attacks", "strength_attacks")
+    }
+)
 
 __all__ = [
     "ATTACKS",
