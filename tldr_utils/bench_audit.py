@@ -14,6 +14,7 @@ Run as ``python -m tldr_utils.bench_audit --profile smoke``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -71,6 +72,7 @@ def audit_cost(profile: str, dataset: str = "fashion_mnist") -> dict:
         subprocess.run(command, check=True, env={**os.environ, "TLDR_RUNS": str(tmp / "runs")})
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        verdict = json.loads((tmp / "report" / "verdict.json").read_text())
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "profile": profile,
@@ -81,6 +83,9 @@ def audit_cost(profile: str, dataset: str = "fashion_mnist") -> dict:
         "cpu_seconds": cpu,
         "cores": os.cpu_count(),
         "load_before": load,
+        # what the audit found, kept beside its cost
+        "leaking_attacks": verdict["leaking_attacks"],
+        "membership_auc": {k: v["auc"] for k, v in verdict["membership"].items()},
     }
 
 
