@@ -17,6 +17,36 @@ from .regime import REGIMES, get_target, leakage, training_set
 from .training import accuracy
 
 
+def _target(home: Path, dataset, arch, regime, per_class, seeds, seed, training, dev):
+    """The memorising target of one cell (cached under ``home/<dataset>``), with its training
+    images and the dataset's test split: what ``regime_cell`` attacks and ``membership_rows``
+    tests."""
+    x, y = training_set(dataset, per_class, seeds, seed)
+    test = data.load_dataset(dataset, "test")
+    net, meta = get_target(
+        home / dataset,
+        arch,
+        regime,
+        x,
+        y,
+        **training,
+        seed=seed,
+        num_classes=len(test.classes),
+        device=dev,
+    )
+    return net, meta, (x, y), test
+
+
+def _references(dataset: str, per_class: int, seeds: list, seed: int):
+    """What a reconstruction of the cell owned by ``seed`` is scored against: the target's training
+    images, and as many held-out test images (with their indices, which the null's stand-ins
+    avoid)."""
+    train = training_set(dataset, per_class, seeds, seed)
+    test = data.load_dataset(dataset, "test")
+    held = data.heldout_indices(test.labels, per_class, seed)
+    return train, (test.float()[held], test.labels[held]), held
+
+
 def regime_cell(
     folder,
     dataset: str,
@@ -37,20 +67,10 @@ def regime_cell(
     against it. Returns the reconstructions as tensors and the target's training and test accuracy
     as rows; an attack whose generator does not learn (``sampling.DegenerateRun``) returns a note
     and no tensors, and is counted as missing."""
-    x, y = training_set(dataset, per_class, seeds, seed)
-    test = data.load_dataset(dataset, "test")
     dev = config.device({"device": device})
     home = Path(folder) / "leakage_regime"
-    net, meta = get_target(
-        home / dataset,
-        arch,
-        regime,
-        x,
-        y,
-        **training,
-        seed=seed,
-        num_classes=len(test.classes),
-        device=dev,
+    net, meta, (x, y), test = _target(
+        home, dataset, arch, regime, per_class, seeds, seed, training, dev
     )
     cell = {
         "dataset": dataset,
@@ -121,9 +141,7 @@ def regime_table(done: dict, draws: int, recon_per_class: int) -> tuple[pd.DataF
         x_test, y_test = test.float(), test.labels
         cell = {"dataset": dataset, "arch": arch, "regime": kind, "per_class": n}
         for seed in seeds:
-            train = training_set(dataset, n, seeds, seed)
-            held = data.heldout_indices(y_test, n, seed)
-            ref = (x_test[held], y_test[held])
+            train, ref, held = _references(dataset, n, seeds, seed)
             for name in names:
                 if (dataset, arch, kind, n, seed, name) not in recon:
                     continue
@@ -188,19 +206,10 @@ def membership_rows(
     members, standing in for them. Metric rows for ``metrics.csv`` (setting
     ``leakage_membership``; ``method`` ``membership_loss``, ``membership_lira``, and the nulls
     ``membership_loss_null``, ``membership_lira_null``)."""
-    x, y = training_set(dataset, per_class, seeds, seed)
-    test = data.load_dataset(dataset, "test")
     dev = config.device({"device": device})
-    net, _ = get_target(
-        Path(folder) / "leakage_regime" / dataset,
-        arch,
-        regime,
-        x,
-        y,
-        **training,
-        seed=seed,
-        num_classes=len(test.classes),
-        device=dev,
+    home = Path(folder) / "leakage_regime"
+    net, _, (x, y), test = _target(
+        home, dataset, arch, regime, per_class, seeds, seed, training, dev
     )
     xt, yt = test.float(), test.labels
     probes = data.heldout_indices(yt, probes_per_class, seed)
@@ -253,12 +262,8 @@ def strength_table(done: dict) -> pd.DataFrame:
         if not r.tensors:
             continue
         a = c.args
-        train = training_set(a["dataset"], a["per_class"], a["seeds"], a["seed"])
-        test = data.load_dataset(a["dataset"], "test")
-        held = data.heldout_indices(test.labels, a["per_class"], a["seed"])
-        scores = leakage(
-            r.tensors["images"], r.tensors["labels"], train, (test.float()[held], test.labels[held])
-        )
+        train, ref, _ = _references(a["dataset"], a["per_class"], a["seeds"], a["seed"])
+        scores = leakage(r.tensors["images"], r.tensors["labels"], train, ref)
         key = {k: a[k] for k in ("dataset", "arch", "regime", "per_class", "seed", "attack")}
         rows += [
             {**key, "steps": a["settings"]["steps"], "metric": m, "value": v}
