@@ -92,7 +92,7 @@ def reported(files, tmp_path_factory):
     os.environ["TLDR_RUNS"] = str(tmp_path_factory.mktemp("runs"))
     try:
         out = files["root"] / "report"
-        yield out, _run(files, out, "--fail-on-leak")
+        yield out, _run(files, out, "--fail-on-leak", "--recipe", "steps=30,batch_size=16,lr=0.01")
     finally:
         os.environ.pop("TLDR_RUNS") if before is None else os.environ.update(TLDR_RUNS=before)
 
@@ -108,6 +108,10 @@ def test_the_command_writes_a_report_a_verdict_and_an_exit_status(files, reporte
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == len(attacks.for_classes(4))
     assert "Membership reference" in page and "Provenance" in page
+    # the owner's recipe reaches LiRA's shadows, and the report says it was used
+    lira = verdict["membership"]["lira"]
+    assert (lira["steps"], lira["batch_size"], lira["lr"]) == (30, 16, 0.01)
+    assert "the owner's recipe (steps 30, batch_size 16, lr 0.01)" in page
     assert not list(out.parent.glob(".report-*"))  # no half-written folder left behind
 
 
@@ -179,4 +183,21 @@ def test_bad_input_is_refused_before_any_work(
     out = tmp_path / "report"
     assert _run(files, out, **{next(iter(change)): str(value)}) == 1
     assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ("epochs=3", "--recipe part 'epochs=3' is not KEY=VALUE with KEY one of steps, batch_size"),
+        ("steps", "--recipe part 'steps' is not KEY=VALUE"),
+        ("steps=3.5", "--recipe steps='3.5' is not an integer"),
+        ("lr=fast", "--recipe lr='fast' is not a number"),
+        ("batch_size=0", "--recipe batch_size=0 must be positive"),
+    ],
+)
+def test_a_bad_recipe_is_refused_before_any_work(files, tmp_path, capsys, recipe, message):
+    out = tmp_path / "report"
+    assert _run(files, out, "--recipe", recipe) == 1
+    assert message in capsys.readouterr().err
     assert not out.exists()

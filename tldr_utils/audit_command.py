@@ -40,11 +40,37 @@ SHOWN = [
 ]
 
 
+RECIPE = auditing.RECIPE
+
+
+def parse_recipe(text: str | None) -> dict | None:
+    """``"steps=3000,batch_size=128,lr=0.01"`` as a dict of ``RECIPE``'s keys; ``None`` for none."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or key not in RECIPE:
+            raise ValueError(
+                f"--recipe part {part.strip()!r} is not KEY=VALUE with KEY one of "
+                f"{', '.join(RECIPE)}; e.g. --recipe steps=3000,batch_size=128,lr=0.01"
+            )
+        try:
+            out[key] = RECIPE[key](value)
+        except ValueError:
+            kind = "an integer" if RECIPE[key] is int else "a number"
+            raise ValueError(f"--recipe {key}={value!r} is not {kind}") from None
+        if out[key] < 0 or (key in ("steps", "batch_size", "lr") and out[key] == 0):
+            raise ValueError(f"--recipe {key}={value} must be positive")
+    return out
+
+
 def membership_reference(
     model, model_fn, train, heldout, settings: dict, seed: int, device
 ) -> dict:
     """The loss attack and offline LiRA: members are training images, non-members half of the
-    held-out images; the other half is the attacker's data that LiRA's shadows train on."""
+    held-out images; the other half is the attacker's data that LiRA's shadows train on, by
+    ``settings['owner_recipe']`` where the owner gives it (else a default recipe)."""
     (x, y), (xh, yh) = train, heldout
     probes = data.heldout_indices(yh, max(1, int(torch.bincount(yh).min()) // 2), seed)
     rest = torch.ones(len(yh), dtype=torch.bool)
@@ -60,6 +86,7 @@ def membership_reference(
         "steps": settings["shadow_steps"],
         "batch_size": settings["batch_size"],
         "lr": settings["lr"],
+        **(settings.get("owner_recipe") or {}),
     }
     out["lira"] = membership.lira_offline(
         model,
@@ -177,11 +204,18 @@ def page(
     parts += ["<h2>Controls</h2>"] + [
         f"<h3>{c}</h3>" + _numbers(report.table, c) for c in auditing.CONTROLS
     ]
+    lira = reference["lira"]
+    how = ", ".join(f"{k} {lira[k]}" for k in RECIPE if k in lira)
+    how = (
+        f"the owner's recipe ({how})"
+        if provenance["settings"].get("owner_recipe")
+        else f"a default recipe ({how}; the owner's is unknown, and a different one weakens LiRA: "
+        f"give it with <code>--recipe</code>)"
+    )
     parts += [
         "<h2>Membership reference</h2><p>Can an attacker tell training images from held-out ones "
         "by the model's outputs? The loss attack, and offline LiRA with shadow models trained on "
-        "held-out images only, by a default recipe (the owner's recipe is unknown; a different "
-        "one weakens LiRA).</p>",
+        f"held-out images only, by {how}.</p>",
         _membership_table(reference),
     ]
     skipped = report.table[report.table.metric.str.startswith("skipped_")]
@@ -298,10 +332,12 @@ def run(
     fail_on_leak: bool = False,
     seed: int = 0,
     device: str = "auto",
+    recipe: str | None = None,
 ) -> int:
     """The command: read and check the files, then ``audit_and_report``; 2 when
-    ``fail_on_leak`` and anything leaks."""
-    settings = edge.audit_settings(profile)
+    ``fail_on_leak`` and anything leaks. ``recipe`` (``--recipe``) is how the model was trained,
+    where the owner knows it: LiRA's shadows are trained the same way."""
+    settings = edge.audit_settings(profile) | {"owner_recipe": parse_recipe(recipe)}
     config.device({"device": device})  # a missing GPU is named before anything loads
     x, y, classes = userfiles.load_images(train)
     xh, yh, held_classes = userfiles.load_images(heldout)
@@ -365,6 +401,13 @@ def add_parser(commands) -> None:
     p.add_argument(
         "--profile", default="smoke", choices=config.profiles(), help="the scale (default smoke)"
     )
+    p.add_argument(
+        "--recipe",
+        metavar="KEY=VALUE,...",
+        help="how the model was trained, if you know (steps, batch_size, lr, weight_decay, "
+        "shift): LiRA's shadow models are then trained the same way, "
+        "e.g. steps=3000,batch_size=128,lr=0.01",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -384,6 +427,7 @@ def main(args) -> int:
             args.fail_on_leak,
             args.seed,
             args.device,
+            args.recipe,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"audit: {err}", file=sys.stderr)

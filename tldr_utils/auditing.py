@@ -76,8 +76,9 @@ class Audit:
 
 # An audit's settings, with literal defaults (the default profile's scale): reconstructions of
 # each class, the generator attacks' steps, the judge's training, the bootstrap's resamples.
-# Any registered attack's name may also key a dict of that attack's own settings. ``shadows``
-# and ``shadow_steps`` are the membership reference's (LiRA's shadow models, audit_command).
+# Any registered attack's name may also key a dict of that attack's own settings. ``shadows``,
+# ``shadow_steps`` and ``owner_recipe`` (how the model was trained, where known: a dict of
+# ``RECIPE``'s keys) are the membership reference's (LiRA's shadow models).
 DEFAULTS = {
     "per_class": 10,
     "generator_steps": 400,
@@ -89,7 +90,20 @@ DEFAULTS = {
     "lr": 0.002,
     "shadows": 8,
     "shadow_steps": 600,
+    "owner_recipe": None,
 }
+
+# What an owner may give of how the model was trained (LiRA's shadows copy it); ``shift`` and
+# ``weight_decay`` as ``training.train_classifier`` takes them.
+RECIPE = {"steps": int, "batch_size": int, "lr": float, "weight_decay": float, "shift": int}
+rules.add(
+    {
+        "owner_recipe": (
+            lambda v: v is None or (isinstance(v, dict) and set(v) <= set(RECIPE)),
+            f"null, or a mapping of some of {', '.join(RECIPE)}",
+        )
+    }
+)
 
 
 def train_judge(images, labels, folder, settings: dict, seed: int, device) -> torch.nn.Module:
