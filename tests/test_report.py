@@ -232,6 +232,17 @@ def test_run_time_is_read_from_the_executed_notebooks(tmp_path, monkeypatch):
         )
     text = tables.tables(_rows(), "cpu")
     assert "notebooks took 12 minutes in all (01 10.0 + 02 1.5)," in text
+    assert "a rerun reuses cached checkpoints" in tables.times("cpu")
+    printed = "leakage sweep: 30 of 34 cells (25 from the cache), 0 failed, 900s on processes\n"
+    (notebooks / "04_evaluate.ipynb").write_text(
+        json.dumps(
+            {
+                "metadata": {"papermill": {"duration": 60}},
+                "cells": [{"outputs": [{"name": "stdout", "text": [printed]}]}],
+            }
+        )
+    )
+    assert "; 25 of the sweeps' 34 cells, and any checkpoint" in tables.times("cpu")
     assert (
         tables.times("cpu") in text
         and tables.times("smoke") == "Its notebooks' times were not recorded."

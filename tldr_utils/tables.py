@@ -4,6 +4,7 @@ is typed by hand. ``report`` writes them into RESULTS.md and the README."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -124,15 +125,41 @@ def notebook_minutes(profile: str) -> tuple[float, str]:
     return sum(times.values()), " + ".join(f"{k} {v:.1f}" for k, v in times.items())
 
 
+# What ``sweep.run`` prints when it ends: "<desc>: 12 of 18 cells (4 from the cache), ..."
+SWEEP_LINE = re.compile(r"(\d+) of (\d+) cells \((\d+) from the cache\)")
+
+
+def cached_cells(profile: str) -> tuple[int, int]:
+    """How many of the run's sweep cells came from the cache, and how many there were, from what
+    the executed notebooks printed."""
+    cached = total = 0
+    for nb in (config.run_dir(profile) / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(nb.read_text()).get("cells", []):
+            for out in cell.get("outputs", []):
+                text = out.get("text", "")
+                for _, n, hit in SWEEP_LINE.findall(
+                    "".join(text) if isinstance(text, list) else text
+                ):
+                    cached, total = cached + int(hit), total + int(n)
+    return cached, total
+
+
 def times(profile: str) -> str:
-    """How long the run's notebooks took, in a sentence (from the executed notebooks)."""
+    """How long the run's notebooks took, in a sentence (from the executed notebooks), with how
+    much of the sweeps' work earlier runs had left in the cache."""
     total, each = notebook_minutes(profile)
     if not each:
         return "Its notebooks' times were not recorded."
+    hit, cells = cached_cells(profile)
+    reuse = (
+        f"; {hit} of the sweeps' {cells} cells, and any checkpoint already trained, came from the "
+        f"cache of earlier runs, so a run from an empty `runs/{profile}/` takes longer"
+        if hit
+        else "; a rerun reuses cached checkpoints and takes less"
+    )
     return (
         f"On this machine, the last `{profile}` run's notebooks took {total:.0f} minutes in all "
-        f"({each}), "
-        "each as papermill timed it; a rerun reuses cached checkpoints and takes less."
+        f"({each}), each as papermill timed it{reuse}."
     )
 
 
