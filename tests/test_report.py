@@ -232,6 +232,10 @@ def test_run_time_is_read_from_the_executed_notebooks(tmp_path, monkeypatch):
         )
     text = tables.tables(_rows(), "cpu")
     assert "notebooks took 12 minutes in all (01 10.0 + 02 1.5)," in text
+    assert (
+        tables.times("cpu") in text
+        and tables.times("smoke") == "Its notebooks' times were not recorded."
+    )
     assert "a rerun reuses cached checkpoints" in tables.times("cpu")
     printed = "leakage sweep: 30 of 34 cells (25 from the cache), 0 failed, 900s on processes\n"
     (notebooks / "04_evaluate.ipynb").write_text(
@@ -243,10 +247,6 @@ def test_run_time_is_read_from_the_executed_notebooks(tmp_path, monkeypatch):
         )
     )
     assert "; 25 of the sweeps' 34 cells, and any checkpoint" in tables.times("cpu")
-    assert (
-        tables.times("cpu") in text
-        and tables.times("smoke") == "Its notebooks' times were not recorded."
-    )
 
 
 def test_spans_print_one_value_when_both_ends_agree_and_no_negative_zero():
