@@ -118,6 +118,12 @@ def test_metrics_table_is_tidy_and_upserts(tmp_path):
     assert table.query("`class` == 'dog'")["value"].item() == 0.7
     with pytest.raises(ValueError, match="seed"):
         store.record_metrics(path, [{k: v for k, v in row.items() if k != "seed"} | {"value": 1}])
+    # settings that name a value of the run: a rerun with other values replaces them all
+    store.record_metrics(path, [{**row, "setting": f"strength_{k}", "value": k} for k in (30, 90)])
+    table = store.record_metrics(
+        path, [{**row, "setting": "strength_60", "value": 60}], replacing="strength_"
+    )
+    assert sorted(table.setting.unique()) == ["main", "strength_60"] and len(table) == 5
 
 
 def test_config_hash_is_stable_and_sensitive():

@@ -184,11 +184,13 @@ def load_meta(path) -> dict:
         return json.loads((f.metadata() or {}).get("meta", "{}"))
 
 
-def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
+def record_metrics(path, rows: list[dict], replacing: str | None = None) -> pd.DataFrame:
     """Upsert tidy rows (``METRIC_KEYS`` + ``value``) into the CSV at ``path``.
 
     A row replaces an earlier one with the same keys, so re-running a notebook
-    updates its numbers instead of duplicating them.
+    updates its numbers instead of duplicating them. ``replacing`` drops first every earlier
+    row whose setting starts with it: for settings that name a value of the run (the strength
+    check's ``leakage_strength_<steps>``), which a rerun with other values would leave stale.
     """
     new = fill_default_keys(pd.DataFrame(rows))
     missing = [k for k in METRIC_KEYS + ["value"] if k not in new.columns]
@@ -199,6 +201,8 @@ def record_metrics(path, rows: list[dict]) -> pd.DataFrame:
     new["train_size"] = new["train_size"].astype(str)
     path = Path(path)
     old = pd.read_csv(path, dtype={"train_size": str}) if path.exists() else new.iloc[:0]
+    if replacing:
+        old = old[~old["setting"].astype(str).str.startswith(replacing)]
     # an empty class reads back from the CSV as missing, and older files lack the column
     table = fill_default_keys(pd.concat([old, new], ignore_index=True)).drop_duplicates(
         METRIC_KEYS, keep="last"

@@ -198,9 +198,11 @@ def tables(metrics: pd.DataFrame, profile: str) -> str:
         parts.append("**In numbers**:\n\n" + summary)
     acc = main[(main.method == "target") & (main.metric == "test_accuracy")]
     if len(acc):
-        t = acc.pivot_table(
-            index=["dataset", "arch", "seed"], columns="train_size", values="value"
-        ).reset_index()
+        t = (
+            acc.assign(seed=acc.seed.astype(int))
+            .pivot_table(index=["dataset", "arch", "seed"], columns="train_size", values="value")
+            .reset_index()
+        )
         t.columns = [str(c) if c in ("dataset", "arch", "seed") else f"n={c}" for c in t.columns]
         parts += [
             "**Target classifiers**: test accuracy by training-set size.",
