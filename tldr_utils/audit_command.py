@@ -40,25 +40,23 @@ SHOWN = [
 ]
 
 
-RECIPE = auditing.RECIPE
-
-
 def parse_recipe(text: str | None) -> dict | None:
-    """``"steps=3000,batch_size=128,lr=0.01"`` as a dict of ``RECIPE``'s keys; ``None`` for none."""
+    """``"steps=3000,batch_size=128,lr=0.01"`` as a dict of ``auditing.RECIPE``'s keys;
+    ``None`` for none."""
     if not text:
         return None
     out = {}
     for part in text.split(","):
         key, sep, value = part.strip().partition("=")
-        if not sep or key not in RECIPE:
+        if not sep or key not in auditing.RECIPE:
             raise ValueError(
                 f"--recipe part {part.strip()!r} is not KEY=VALUE with KEY one of "
-                f"{', '.join(RECIPE)}; e.g. --recipe steps=3000,batch_size=128,lr=0.01"
+                f"{', '.join(auditing.RECIPE)}; e.g. --recipe steps=3000,batch_size=128,lr=0.01"
             )
         try:
-            out[key] = RECIPE[key](value)
+            out[key] = auditing.RECIPE[key](value)
         except ValueError:
-            kind = "an integer" if RECIPE[key] is int else "a number"
+            kind = "an integer" if auditing.RECIPE[key] is int else "a number"
             raise ValueError(f"--recipe {key}={value!r} is not {kind}") from None
         if out[key] < 0 or (key in ("steps", "batch_size", "lr") and out[key] == 0):
             raise ValueError(f"--recipe {key}={value} must be positive")
@@ -205,7 +203,7 @@ def page(
         f"<h3>{c}</h3>" + _numbers(report.table, c) for c in auditing.CONTROLS
     ]
     lira = reference["lira"]
-    how = ", ".join(f"{k} {lira[k]}" for k in RECIPE if k in lira)
+    how = ", ".join(f"{k} {lira[k]}" for k in auditing.RECIPE if k in lira)
     how = (
         f"the owner's recipe ({how})"
         if provenance["settings"].get("owner_recipe")
