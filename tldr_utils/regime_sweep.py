@@ -37,14 +37,13 @@ def _target(home: Path, dataset, arch, regime, per_class, seeds, seed, training,
     return net, meta, (x, y), test
 
 
-def _references(dataset: str, per_class: int, seeds: list, seed: int):
+def _references(test: data.ImageSet, per_class: int, seeds: list, seed: int):
     """What a reconstruction of the cell owned by ``seed`` is scored against: the target's training
-    images, and as many held-out test images (with their indices, which the null's stand-ins
-    avoid)."""
-    train = training_set(dataset, per_class, seeds, seed)
-    test = data.load_dataset(dataset, "test")
+    images, and as many held-out images of ``test`` (the dataset's test split, loaded by the
+    caller), with their indices, which the null's stand-ins avoid."""
+    train = training_set(test.name, per_class, seeds, seed)
     held = data.heldout_indices(test.labels, per_class, seed)
-    return train, (test.float()[held], test.labels[held]), held
+    return train, (test.subset(held).float(), test.labels[held]), held
 
 
 def regime_cell(
@@ -141,7 +140,7 @@ def regime_table(done: dict, draws: int, recon_per_class: int) -> tuple[pd.DataF
         x_test, y_test = test.float(), test.labels
         cell = {"dataset": dataset, "arch": arch, "regime": kind, "per_class": n}
         for seed in seeds:
-            train, ref, held = _references(dataset, n, seeds, seed)
+            train, ref, held = _references(test, n, seeds, seed)
             for name in names:
                 if (dataset, arch, kind, n, seed, name) not in recon:
                     continue
@@ -262,7 +261,8 @@ def strength_table(done: dict) -> pd.DataFrame:
         if not r.tensors:
             continue
         a = c.args
-        train, ref, _ = _references(a["dataset"], a["per_class"], a["seeds"], a["seed"])
+        test = data.load_dataset(a["dataset"], "test")
+        train, ref, _ = _references(test, a["per_class"], a["seeds"], a["seed"])
         scores = leakage(r.tensors["images"], r.tensors["labels"], train, ref)
         key = {k: a[k] for k in ("dataset", "arch", "regime", "per_class", "seed", "attack")}
         rows += [
